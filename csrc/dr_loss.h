@@ -1,0 +1,49 @@
+// The torch-facing C++ interface: argument checks shared by every device, and the per-device
+// implementations that csrc/ops.cpp (CPU) and csrc/cuda/dr_loss_cuda.cpp (CUDA) register.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace drloss {
+
+// The hyperparameters exactly as the op schema passes them.
+struct LossOptions {
+  double pos_lambda;
+  double neg_lambda;
+  double L;
+  double tau;
+  double margin;
+  int64_t first_label;
+};
+
+// Shapes of one call, after the checks: logits viewed as [groups, anchors, classes].
+struct Problem {
+  int64_t groups;
+  int64_t anchors;
+  int64_t classes;
+};
+
+// Validates the forward's arguments; every message names the offending argument.
+Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
+                           const LossOptions& options);
+
+// Validates the backward's extra arguments against the forward's.
+Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& logits,
+                            const at::Tensor& labels, const at::Tensor& stats,
+                            const LossOptions& options);
+
+// float64 logits accumulate in float64, every other floating type in float32.
+at::ScalarType accumulate_type(at::ScalarType logits_type);
+
+// The CPU kernels (csrc/cpu/dr_loss_cpu.cpp). Inputs are checked and contiguous.
+// forward: writes losses [groups] and stats [groups, kNumStats] (accumulation type).
+void forward_cpu(const at::Tensor& logits, const at::Tensor& labels, const Problem& problem,
+                 const LossOptions& options, at::Tensor& losses, at::Tensor& stats);
+// backward: writes grad_logits (logits' shape and type).
+void backward_cpu(const at::Tensor& grad_losses, const at::Tensor& logits,
+                  const at::Tensor& labels, const at::Tensor& stats, const Problem& problem,
+                  const LossOptions& options, at::Tensor& grad_logits);
+
+}  // namespace drloss

@@ -1,0 +1,167 @@
+// The op schemas, the argument checks and the CPU registration.
+//
+//   drloss_cuda::sigmoid_dr_loss_forward(logits, labels, hyperparameters...)
+//       -> (losses [G], stats [G, 6])
+//   drloss_cuda::sigmoid_dr_loss_backward(grad_losses [G], logits, labels, stats, hyper...)
+//       -> grad_logits
+//
+// logits are [N, A, C] (N groups, one per image) or [M, C] (one pooled group, G = 1). The
+// fake kernels and the autograd formula are registered in Python (drloss_cuda/ops.py); the
+// CUDA kernels in csrc/cuda/dr_loss_cuda.cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "dr_loss.h"
+#include "dr_loss_math.h"
+
+namespace drloss {
+
+namespace {
+
+std::string shape_string(at::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << sizes;
+  return out.str();
+}
+
+void check_hyperparameters(const LossOptions& o) {
+  const std::pair<const char*, double> positive[] = {
+      {"pos_lambda", o.pos_lambda}, {"neg_lambda", o.neg_lambda}, {"L", o.L}, {"tau", o.tau}};
+  for (const auto& [name, value] : positive) {
+    TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, "sigmoid_dr_loss: ", name,
+                      " must be a positive finite number, got ", value);
+  }
+  TORCH_CHECK_VALUE(o.first_label >= 0, "sigmoid_dr_loss: first_label must be >= 0 (negative ",
+                    "labels mean 'ignore'), got ", o.first_label);
+  TORCH_CHECK_VALUE(std::isfinite(o.margin),
+                    "sigmoid_dr_loss: margin must be a finite number, got ", o.margin);
+}
+
+}  // namespace
+
+at::ScalarType accumulate_type(at::ScalarType logits_type) {
+  return logits_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
+                           const LossOptions& options) {
+  TORCH_CHECK(logits.dim() == 3 || logits.dim() == 2,
+              "sigmoid_dr_loss: logits must have shape [N, A, C] (one group per image) or "
+              "[M, C] (one pooled group), got ",
+              shape_string(logits.sizes()));
+  const auto type = logits.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
+                  type == at::kBFloat16,
+              "sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got ",
+              type);
+  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+              "sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got ",
+              labels.scalar_type());
+  const auto leading = logits.sizes().slice(0, logits.dim() - 1);
+  TORCH_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
+              shape_string(leading), " (logits' shape without the class dimension), got ",
+              shape_string(labels.sizes()));
+  TORCH_CHECK(labels.device() == logits.device(),
+              "sigmoid_dr_loss: labels must be on the same device as logits (", logits.device(),
+              "), got ", labels.device());
+  check_hyperparameters(options);
+  if (logits.dim() == 3) return {logits.size(0), logits.size(1), logits.size(2)};
+  return {1, logits.size(0), logits.size(1)};
+}
+
+Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& logits,
+                            const at::Tensor& labels, const at::Tensor& stats,
+                            const LossOptions& options) {
+  const Problem problem = check_forward_args(logits, labels, options);
+  const auto acc = accumulate_type(logits.scalar_type());
+  TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == problem.groups &&
+                  grad_losses.scalar_type() == acc && grad_losses.device() == logits.device(),
+              "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ", acc,
+              " tensor on ", logits.device(), ", got ", shape_string(grad_losses.sizes()), " ",
+              grad_losses.scalar_type(), " on ", grad_losses.device());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == problem.groups &&
+                  stats.size(1) == kNumStats && stats.scalar_type() == acc &&
+                  stats.device() == logits.device(),
+              "sigmoid_dr_loss_backward: stats must be the forward's [", problem.groups, ", ",
+              kNumStats, "] ", acc, " tensor on ", logits.device(), ", got ",
+              shape_string(stats.sizes()), " ", stats.scalar_type(), " on ", stats.device());
+  return problem;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu_op(const at::Tensor& logits,
+                                                  const at::Tensor& labels, double pos_lambda,
+                                                  double neg_lambda, double L, double tau,
+                                                  double margin, int64_t first_label) {
+  const LossOptions options{pos_lambda, neg_lambda, L, tau, margin, first_label};
+  const Problem problem = check_forward_args(logits, labels, options);
+  const auto acc_options = logits.options().dtype(accumulate_type(logits.scalar_type()));
+  at::Tensor losses = at::empty({problem.groups}, acc_options);
+  at::Tensor stats = at::empty({problem.groups, kNumStats}, acc_options);
+  forward_cpu(logits.contiguous(), labels.contiguous(), problem, options, losses, stats);
+  return {losses, stats};
+}
+
+at::Tensor backward_cpu_op(const at::Tensor& grad_losses, const at::Tensor& logits,
+                           const at::Tensor& labels, const at::Tensor& stats, double pos_lambda,
+                           double neg_lambda, double L, double tau, double margin,
+                           int64_t first_label) {
+  const LossOptions options{pos_lambda, neg_lambda, L, tau, margin, first_label};
+  const Problem problem = check_backward_args(grad_losses, logits, labels, stats, options);
+  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
+  backward_cpu(grad_losses.contiguous(), logits.contiguous(), labels.contiguous(),
+               stats.contiguous(), problem, options, grad_logits);
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(drloss_cuda, m) {
+  m.def(
+      "sigmoid_dr_loss_forward(Tensor logits, Tensor labels, float pos_lambda, "
+      "float neg_lambda, float L, float tau, float margin, int first_label) -> (Tensor, Tensor)");
+  m.def(
+      "sigmoid_dr_loss_backward(Tensor grad_losses, Tensor logits, Tensor labels, Tensor stats, "
+      "float pos_lambda, float neg_lambda, float L, float tau, float margin, int first_label) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(drloss_cuda, CPU, m) {
+  m.impl("sigmoid_dr_loss_forward", &forward_cpu_op);
+  m.impl("sigmoid_dr_loss_backward", &backward_cpu_op);
+}
+
+}  // namespace drloss
+
+// Build facts the tests and benchmarks report (plain C API: no pybind11 needed).
+namespace {
+
+PyObject* build_info(PyObject*, PyObject*) {
+#if defined(_OPENMP)
+  const int openmp = 1;
+#else
+  const int openmp = 0;
+#endif
+#if defined(DRLOSS_WITH_CUDA)
+  const int cuda = 1;
+#else
+  const int cuda = 0;
+#endif
+  return Py_BuildValue("{s:O,s:O}", "openmp", openmp ? Py_True : Py_False, "cuda",
+                       cuda ? Py_True : Py_False);
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS,
+     "Whether this build has OpenMP (parallel CPU kernels) and the CUDA kernels."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+// Importing drloss_cuda._C runs the static TORCH_LIBRARY registrations above.
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }

@@ -1,0 +1,47 @@
+"""Fused sigmoid DR loss (distributional ranking loss, CVPR 2020) for PyTorch, on CPU and CUDA.
+
+    from drloss_cuda import SigmoidDRLoss, sigmoid_dr_loss
+
+`drloss_cuda.reference` is a pure-PyTorch implementation with the same signature. It imports
+without the compiled extension; the fused names load the extension on first use.
+"""
+
+from . import reference
+from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SigmoidDRLoss",
+    "sigmoid_dr_loss",
+    "build_info",
+    "reference",
+    "DEFAULT_POS_LAMBDA",
+    "DEFAULT_NEG_LAMBDA",
+    "DEFAULT_L",
+    "DEFAULT_TAU",
+    "DEFAULT_MARGIN",
+]
+
+_FUSED = {
+    "sigmoid_dr_loss": ("functional", "sigmoid_dr_loss"),
+    "SigmoidDRLoss": ("modules", "SigmoidDRLoss"),
+    "build_info": ("ops", "build_info"),
+}
+
+
+def __getattr__(name):
+    # The fused API needs drloss_cuda._C; loading it here (not at package import) keeps
+    # drloss_cuda.reference usable without a build, and reports a missing build clearly.
+    if name in _FUSED:
+        import importlib
+
+        module_name, attr = _FUSED[name]
+        value = getattr(importlib.import_module(f".{module_name}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'drloss_cuda' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FUSED))

@@ -1,0 +1,60 @@
+"""The public functional API: sigmoid_dr_loss on the fused ops."""
+
+from . import _common
+from ._common import (
+    DEFAULT_L,
+    DEFAULT_MARGIN,
+    DEFAULT_NEG_LAMBDA,
+    DEFAULT_POS_LAMBDA,
+    DEFAULT_TAU,
+)
+from .ops import forward_op
+
+
+def sigmoid_dr_loss(
+    logits,
+    labels,
+    *,
+    pos_lambda=DEFAULT_POS_LAMBDA,
+    neg_lambda=DEFAULT_NEG_LAMBDA,
+    L=DEFAULT_L,
+    tau=DEFAULT_TAU,
+    margin=DEFAULT_MARGIN,
+    first_label=0,
+    reduction="mean",
+):
+    """Sigmoid DR loss (Qian et al., "DR Loss: Improving Object Detection by Distributional
+    Ranking", CVPR 2020), computed by fused kernels.
+
+    Args:
+        logits: float32/float64/float16/bfloat16 tensor, [N, A, C] (one loss per image: N
+            groups of A anchors and C classes) or [M, C] (one loss pooled over all M anchors).
+        labels: integer tensor of shape logits.shape[:-1]. A label < 0 ignores the anchor;
+            first_label <= label < first_label + C makes class column label - first_label
+            positive (the other columns negative); any other label marks background (all C
+            columns negative).
+        pos_lambda, neg_lambda: softmax temperatures of the positives and negatives (> 0).
+        L, tau: smoothing and scale of the loss (> 0); margin: the ranking margin.
+        first_label: the label of class column 0 (0: mmdetection/detectron2, background = C;
+            1: the official code, background = 0). Must be >= 0.
+        reduction: "mean" over groups, "sum", or "none" for the [N] per-group losses
+            ([1] for pooled [M, C] logits). The mean over zero groups is 0.
+
+    Returns:
+        The loss in float32 (float64 for float64 logits); the gradient reaches logits in
+        logits' dtype.
+    """
+    _common.check_is_tensor("logits", logits)
+    _common.check_is_tensor("labels", labels)
+    _common.check_reduction(reduction)
+    losses, _ = forward_op(
+        logits,
+        _common.as_kernel_labels(labels),
+        float(pos_lambda),
+        float(neg_lambda),
+        float(L),
+        float(tau),
+        float(margin),
+        int(first_label),
+    )
+    return _common.reduce_losses(losses, reduction)

@@ -1,0 +1,50 @@
+"""nn.Module wrapper of sigmoid_dr_loss."""
+
+from torch import nn
+
+from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+from .functional import sigmoid_dr_loss
+
+
+class SigmoidDRLoss(nn.Module):
+    """Sigmoid DR loss as a module; the arguments are those of `sigmoid_dr_loss`."""
+
+    def __init__(
+        self,
+        *,
+        pos_lambda=DEFAULT_POS_LAMBDA,
+        neg_lambda=DEFAULT_NEG_LAMBDA,
+        L=DEFAULT_L,
+        tau=DEFAULT_TAU,
+        margin=DEFAULT_MARGIN,
+        first_label=0,
+        reduction="mean",
+    ):
+        super().__init__()
+        self.pos_lambda = pos_lambda
+        self.neg_lambda = neg_lambda
+        self.L = L
+        self.tau = tau
+        self.margin = margin
+        self.first_label = first_label
+        self.reduction = reduction
+
+    def forward(self, logits, labels):
+        return sigmoid_dr_loss(
+            logits,
+            labels,
+            pos_lambda=self.pos_lambda,
+            neg_lambda=self.neg_lambda,
+            L=self.L,
+            tau=self.tau,
+            margin=self.margin,
+            first_label=self.first_label,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self):
+        return (
+            f"pos_lambda={self.pos_lambda}, neg_lambda={self.neg_lambda:.6g}, L={self.L}, "
+            f"tau={self.tau}, margin={self.margin}, first_label={self.first_label}, "
+            f"reduction={self.reduction!r}"
+        )

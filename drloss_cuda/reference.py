@@ -1,0 +1,89 @@
+"""Pure-PyTorch sigmoid DR loss: the oracle of the tests and the baseline of the benchmarks.
+
+It follows the official implementation's approach (boolean masks over every (anchor, class)
+pair, the probabilities gathered by indexing, two softmaxes), with the official code's choices
+for empty sets: no positive gives E_pos = 1, no negative gives E_neg = 0. [N, A, C] logits are
+handled one image at a time (a Python loop, as per-image ports do); [M, C] logits form one
+pooled group, exactly the official computation. It never imports the compiled extension.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from . import _common
+from ._common import (
+    DEFAULT_L,
+    DEFAULT_MARGIN,
+    DEFAULT_NEG_LAMBDA,
+    DEFAULT_POS_LAMBDA,
+    DEFAULT_TAU,
+)
+
+
+def group_masks(labels, num_classes, first_label):
+    """Boolean [A, C] masks of the positive and the negative entries of one group."""
+    class_labels = torch.arange(num_classes, device=labels.device, dtype=labels.dtype) + first_label
+    y = labels.unsqueeze(-1)
+    counted = y >= 0
+    positive = (y == class_labels) & counted
+    negative = (y != class_labels) & counted
+    return positive, negative
+
+
+def group_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label):
+    """The DR loss of one group: logits [A, C] (already in the accumulation dtype), labels [A]."""
+    positive, negative = group_masks(labels, logits.shape[-1], first_label)
+    prob = torch.sigmoid(logits)
+    neg_prob = prob[negative]
+    pos_prob = prob[positive]
+    if neg_prob.numel() > 0:
+        neg_weight = F.softmax(neg_prob / neg_lambda, dim=0)
+        neg_mean = (neg_weight * neg_prob).sum()
+    else:
+        neg_mean = prob.new_zeros(())
+    if pos_prob.numel() > 0:
+        pos_weight = F.softmax(-pos_prob / pos_lambda, dim=0)
+        pos_mean = (pos_weight * pos_prob).sum()
+    else:
+        pos_mean = prob.new_ones(())
+    return tau / L * F.softplus(L * (neg_mean - pos_mean + margin))
+
+
+def sigmoid_dr_loss(
+    logits,
+    labels,
+    *,
+    pos_lambda=DEFAULT_POS_LAMBDA,
+    neg_lambda=DEFAULT_NEG_LAMBDA,
+    L=DEFAULT_L,
+    tau=DEFAULT_TAU,
+    margin=DEFAULT_MARGIN,
+    first_label=0,
+    reduction="mean",
+):
+    """Same signature and semantics as drloss_cuda.sigmoid_dr_loss, in plain PyTorch."""
+    _common.check_is_tensor("logits", logits)
+    _common.check_is_tensor("labels", labels)
+    _common.check_reduction(reduction)
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"sigmoid_dr_loss: logits must have shape [N, A, C] or [M, C], got {list(logits.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"sigmoid_dr_loss: labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"sigmoid_dr_loss: labels must have shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
+    for name, value in (("pos_lambda", pos_lambda), ("neg_lambda", neg_lambda), ("L", L), ("tau", tau)):
+        if not value > 0:
+            raise ValueError(f"sigmoid_dr_loss: {name} must be positive, got {value}")
+    if first_label < 0:
+        raise ValueError(f"sigmoid_dr_loss: first_label must be >= 0, got {first_label}")
+
+    x = logits.to(_common.accumulate_dtype(logits.dtype))
+    labels = labels.long()
+    hyper = (pos_lambda, neg_lambda, L, tau, margin, first_label)
+    if x.dim() == 2:
+        losses = group_loss(x, labels, *hyper).reshape(1)
+    elif x.shape[0] == 0:
+        losses = x.sum(dim=(1, 2)) * 0  # [0], still attached to logits
+    else:
+        losses = torch.stack([group_loss(x[n], labels[n], *hyper) for n in range(x.shape[0])])
+    return _common.reduce_losses(losses, reduction)
