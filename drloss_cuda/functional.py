@@ -22,6 +22,7 @@ def sigmoid_dr_loss(
     margin=DEFAULT_MARGIN,
     first_label=0,
     reduction="mean",
+    process_group=None,
 ):
     """Sigmoid DR loss (Qian et al., "DR Loss: Improving Object Detection by Distributional
     Ranking", CVPR 2020), computed by fused kernels.
@@ -39,6 +40,11 @@ def sigmoid_dr_loss(
             1: the official code, background = 0). Must be >= 0.
         reduction: "mean" over groups, "sum", or "none" for the [N] per-group losses
             ([1] for pooled [M, C] logits). The mean over zero groups is 0.
+        process_group: None (default): the loss of this process's logits alone. A
+            torch.distributed.ProcessGroup: logits must be pooled [M, C], and the loss is that
+            of one group made of the logits of every process of the group (a collective: each
+            process must call it; each returns the same global loss and gets the gradient of
+            that loss for its own logits). See drloss_cuda.distributed.
 
     Returns:
         The loss in float32 (float64 for float64 logits); the gradient reaches logits in
@@ -47,6 +53,21 @@ def sigmoid_dr_loss(
     _common.check_is_tensor("logits", logits)
     _common.check_is_tensor("labels", labels)
     _common.check_reduction(reduction)
+    if process_group is not None:
+        from .distributed import pooled_sigmoid_dr_loss
+
+        losses = pooled_sigmoid_dr_loss(
+            logits,
+            _common.as_kernel_labels(labels),
+            float(pos_lambda),
+            float(neg_lambda),
+            float(L),
+            float(tau),
+            float(margin),
+            int(first_label),
+            process_group,
+        )
+        return _common.reduce_losses(losses, reduction)
     losses, _ = forward_op(
         logits,
         _common.as_kernel_labels(labels),

@@ -3,11 +3,13 @@
 from torch import nn
 
 from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+from ._common import check_reduction
 from .functional import sigmoid_dr_loss
 
 
 class SigmoidDRLoss(nn.Module):
-    """Sigmoid DR loss as a module; the arguments are those of `sigmoid_dr_loss`."""
+    """Sigmoid DR loss as a module; the arguments are those of `sigmoid_dr_loss`
+    (`process_group`, default None, pools the loss over the processes of a group)."""
 
     def __init__(
         self,
@@ -19,8 +21,10 @@ class SigmoidDRLoss(nn.Module):
         margin=DEFAULT_MARGIN,
         first_label=0,
         reduction="mean",
+        process_group=None,
     ):
         super().__init__()
+        check_reduction(reduction)
         self.pos_lambda = pos_lambda
         self.neg_lambda = neg_lambda
         self.L = L
@@ -28,6 +32,7 @@ class SigmoidDRLoss(nn.Module):
         self.margin = margin
         self.first_label = first_label
         self.reduction = reduction
+        self.process_group = process_group
 
     def forward(self, logits, labels):
         return sigmoid_dr_loss(
@@ -40,6 +45,7 @@ class SigmoidDRLoss(nn.Module):
             margin=self.margin,
             first_label=self.first_label,
             reduction=self.reduction,
+            process_group=self.process_group,
         )
 
     def extra_repr(self):

@@ -1,0 +1,130 @@
+"""DR loss across processes: one pooled group spread over a process group, and the scale that
+makes DistributedDataParallel's gradient average equal the gradient of the global mean.
+
+Pooled mode (`sigmoid_dr_loss(logits [M, C], labels [M], process_group=group)`):
+
+The loss of a group depends on its elements only through two online-softmax triples
+(m, Z, W = E * Z per sign; section 2 of the design), and triples merge associatively. So each
+process runs the fused forward op on its own [M_p, C] logits, the processes all-reduce the
+maximum m (MAX), rescale their Z and W to that maximum and all-reduce them (SUM), and every
+process forms the same global expectations (E = W / Z, or the empty-set defaults E_neg = 0,
+E_pos = 1 when the global Z is 0) and the same global loss. The backward needs no
+communication: the backward op's gradient for an element depends only on its group's saved
+statistics and the element itself, so calling it locally with the *global* statistics gives
+the gradient of the global loss with respect to the local logits.
+
+Gradient scale under DDP: every process returns the same global loss and gets
+d(global loss)/d(local logits). DDP then *averages* the parameter gradients over the P
+processes, which gives (1/P) * d(global loss)/d(parameters). Multiply the loss by
+`process_group.size()` before backward if the step must see the exact gradient of the global
+loss (or fold the factor into the learning rate).
+
+Per-image mode under DDP: with [N_p, A, C] logits each process's `reduction="mean"` is a mean
+over its own images. DDP's average of those per-process gradients is the gradient of the
+global mean only when every process has the same number of images; `global_mean_scale` gives
+the factor for the general case (use it with `reduction="sum"`).
+"""
+
+import torch
+import torch.distributed as dist
+
+from .ops import NUM_STATS, backward_op, forward_op
+
+# Column layout of the [G, 6] statistics written by the forward op (csrc/dr_loss_math.h).
+NEG_MAX, NEG_SUM, NEG_MEAN, POS_MAX, POS_SUM, POS_MEAN = range(NUM_STATS)
+
+
+def reduce_stats(stats, process_group):
+    """Merges the [1, 6] statistics of one pooled group over `process_group`: returns the
+    [1, 6] statistics of the union of every process's elements (the same on every process).
+
+    Local stats of an empty sign are (m = -inf, Z = 0, E = default); they contribute nothing
+    and the global E falls back to the same defaults (E_neg = 0, E_pos = 1) when no process has
+    an element of that sign.
+    """
+    local_m = stats[0, [NEG_MAX, POS_MAX]]
+    local_z = stats[0, [NEG_SUM, POS_SUM]]
+    local_e = stats[0, [NEG_MEAN, POS_MEAN]]
+
+    global_m = local_m.clone()
+    dist.all_reduce(global_m, op=dist.ReduceOp.MAX, group=process_group)
+
+    nonempty = local_z > 0
+    zero = torch.zeros_like(local_z)
+    # exp(m_p - M) <= 1; for an empty sign m_p - M is -inf or NaN (-inf - -inf), masked away.
+    scale = torch.where(nonempty, torch.exp(local_m - global_m), zero)
+    z_and_w = torch.cat([torch.where(nonempty, local_z * scale, zero),
+                         torch.where(nonempty, local_e * local_z * scale, zero)])
+    dist.all_reduce(z_and_w, op=dist.ReduceOp.SUM, group=process_group)
+    global_z, global_w = z_and_w[:2], z_and_w[2:]
+
+    defaults = torch.tensor([0.0, 1.0], dtype=stats.dtype, device=stats.device)
+    global_e = torch.where(global_z > 0, global_w / torch.where(global_z > 0, global_z, 1), defaults)
+    return torch.stack([global_m[0], global_z[0], global_e[0], global_m[1], global_z[1], global_e[1]]).reshape(1, NUM_STATS)
+
+
+def loss_from_stats(stats, L, tau, margin):
+    """tau / L * softplus(L * (E_neg - E_pos + margin)) per row of [G, 6] statistics, written as
+    the kernels' group_loss writes it (max(z, 0) + log1p(exp(-|z|)), which cannot overflow)."""
+    z = L * (stats[:, NEG_MEAN] - stats[:, POS_MEAN] + margin)
+    return tau / L * (torch.clamp(z, min=0) + torch.log1p(torch.exp(-z.abs())))
+
+
+class PooledDRLoss(torch.autograd.Function):
+    """The pooled DR loss of the [M_p, C] logits of every process of a group, as one group.
+
+    forward(logits [M_p, C], labels [M_p], pos_lambda, neg_lambda, L, tau, margin, first_label,
+    process_group) -> the global loss, shape [1], the same on every process (a collective: every
+    process of the group must call it). backward is local.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
+        hyper = (pos_lambda, neg_lambda, L, tau, margin, first_label)
+        _, local_stats = forward_op(logits, labels, *hyper)
+        stats = reduce_stats(local_stats, process_group)
+        ctx.save_for_backward(logits, labels, stats)
+        ctx.hyper = hyper
+        return loss_from_stats(stats, L, tau, margin)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        logits, labels, stats = ctx.saved_tensors
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = backward_op(grad_loss.contiguous(), logits, labels, stats, *ctx.hyper)
+        return (grad_logits,) + (None,) * 8
+
+
+def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
+    """The per-group losses ([1]) of the pooled group spread over `process_group`."""
+    if logits.dim() != 2:
+        raise ValueError(
+            "sigmoid_dr_loss: with a process_group, logits must be pooled [M, C] (flatten the "
+            f"images: logits.flatten(0, -2), labels.flatten()), got {list(logits.shape)}"
+        )
+    if not isinstance(process_group, dist.ProcessGroup):
+        raise TypeError(
+            "sigmoid_dr_loss: process_group must be a torch.distributed.ProcessGroup "
+            f"(e.g. torch.distributed.group.WORLD), got {type(process_group).__name__}"
+        )
+    return PooledDRLoss.apply(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group)
+
+
+def global_mean_scale(num_local_groups, process_group=None):
+    """The factor that turns a per-process *sum* of per-image losses into a loss whose gradient,
+    after DDP averages it over the processes, is the gradient of the mean over every image of
+    every process: world_size / (total number of images). A collective (all-reduce of the
+    counts); returns a float32 scalar tensor on the device of the counts (CPU for gloo; pass a
+    CUDA tensor count for NCCL).
+
+        loss = sigmoid_dr_loss(logits, labels, reduction="sum") * global_mean_scale(logits.shape[0])
+    """
+    if isinstance(num_local_groups, torch.Tensor):
+        count = num_local_groups.detach().to(torch.float32).reshape(1).clone()
+    else:
+        count = torch.tensor([float(num_local_groups)])
+    dist.all_reduce(count, op=dist.ReduceOp.SUM, group=process_group)
+    world = dist.get_world_size(process_group)
+    # No image anywhere: the sum is 0 and so is any factor; avoid 0/0.
+    return (world / count.clamp(min=1)).reshape(())

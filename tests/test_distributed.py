@@ -1,0 +1,220 @@
+"""Two gloo processes on this machine: DDP with per-image losses, and the cross-process pooled
+loss (`process_group=`), against one process over the whole batch (fused and reference).
+
+Each test spawns its two workers once; the parent draws fresh random inputs, the workers write
+what they computed, and the parent compares."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import drloss_cuda
+from drloss_cuda import reference
+from drloss_cuda.distributed import global_mean_scale
+
+WORLD = 2
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def _init(rank, workdir):
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(workdir, 'rendezvous')}",
+                            rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooled mode
+
+
+def _pooled_worker(rank, workdir):
+    _init(rank, workdir)
+    try:
+        cases = torch.load(os.path.join(workdir, "cases.pt"))
+        results = []
+        for case in cases:
+            lo, hi = case["split"][rank], case["split"][rank + 1]
+            x = case["logits"][lo:hi].clone().requires_grad_(True)
+            y = case["labels"][lo:hi]
+            loss = drloss_cuda.sigmoid_dr_loss(x, y, process_group=dist.group.WORLD, **case["hyper"])
+            # Every process returns the same global loss; the backward is local.
+            loss.backward()
+            results.append({"loss": loss.detach(), "grad": x.grad})
+        torch.save(results, os.path.join(workdir, f"pooled_{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _labels(m, num_classes, first_label, positives=True):
+    # ignore -1, background, or (when positives) a class label.
+    background = num_classes if first_label == 0 else 0
+    kind = torch.randint(0, 4, (m,))
+    labels = torch.full((m,), background, dtype=torch.int64)
+    labels[kind == 0] = -1
+    if positives:
+        cls = torch.randint(0, num_classes, (m,)) + first_label
+        labels[kind >= 2] = cls[kind >= 2]
+    return labels
+
+
+def _pooled_cases():
+    c = 5
+    cases = []
+    for dtype in (torch.float64, torch.float32):
+        # Mixed on both processes.
+        y = _labels(70, c, 0)
+        cases.append({"logits": torch.randn(70, c, dtype=dtype) * 3, "labels": y, "split": [0, 40, 70], "hyper": {}})
+        # The second process has no positive (and a sharp negative temperature that makes the
+        # two processes' maxima differ a lot, exercising the rescaling).
+        y = torch.cat([_labels(30, c, 1), _labels(25, c, 1, positives=False)])
+        cases.append({"logits": torch.randn(55, c, dtype=dtype) * 4, "labels": y, "split": [0, 30, 55],
+                      "hyper": {"first_label": 1, "neg_lambda": 0.01, "pos_lambda": 0.3, "margin": 0.2}})
+        # The first process has zero anchors.
+        y = _labels(33, c, 0)
+        cases.append({"logits": torch.randn(33, c, dtype=dtype), "labels": y, "split": [0, 0, 33], "hyper": {}})
+        # No positive anywhere: E_pos = 1 globally, positives get no gradient.
+        y = _labels(20, c, 0, positives=False)
+        cases.append({"logits": torch.randn(20, c, dtype=dtype), "labels": y, "split": [0, 12, 20], "hyper": {}})
+        # Every anchor ignored on both processes: the all-ignored loss, zero gradient.
+        cases.append({"logits": torch.randn(9, c, dtype=dtype), "labels": torch.full((9,), -1), "split": [0, 4, 9],
+                      "hyper": {}})
+    return cases
+
+
+def _spawn(fn, workdir):
+    mp.spawn(fn, args=(str(workdir),), nprocs=WORLD, join=True)
+
+
+def test_pooled_process_group_matches_single_process(tmp_path, generator):
+    cases = _pooled_cases()
+    torch.save(cases, tmp_path / "cases.pt")
+    _spawn(_pooled_worker, tmp_path)
+    per_rank = [torch.load(tmp_path / f"pooled_{r}.pt") for r in range(WORLD)]
+
+    for i, case in enumerate(cases):
+        dtype = case["logits"].dtype
+        tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-7}
+        ref_x = case["logits"].clone().requires_grad_(True)
+        ref_loss = reference.sigmoid_dr_loss(ref_x, case["labels"], **case["hyper"])
+        if ref_loss.requires_grad:
+            ref_loss.backward()
+        else:  # the reference's all-ignored loss is a constant, not attached to the logits
+            ref_x.grad = torch.zeros_like(ref_x)
+        fused_x = case["logits"].clone().requires_grad_(True)
+        fused_loss = drloss_cuda.sigmoid_dr_loss(fused_x, case["labels"], **case["hyper"])
+        fused_loss.backward()
+
+        for rank in range(WORLD):
+            got = per_rank[rank][i]
+            assert got["loss"].dtype == ref_loss.dtype
+            torch.testing.assert_close(got["loss"], ref_loss.detach(), **tol, msg=f"case {i} rank {rank} loss")
+            torch.testing.assert_close(got["loss"], fused_loss.detach(), **tol, msg=f"case {i} rank {rank} loss")
+        grad = torch.cat([per_rank[r][i]["grad"] for r in range(WORLD)])
+        assert grad.shape == case["logits"].shape and grad.dtype == dtype
+        torch.testing.assert_close(grad, ref_x.grad, **tol, msg=f"case {i} grad vs reference")
+        torch.testing.assert_close(grad, fused_x.grad, **tol, msg=f"case {i} grad vs fused")
+        if (case["labels"] < 0).all():
+            assert torch.all(grad == 0)
+
+
+def test_pooled_process_group_rejects_per_image_logits():
+    # The shape is checked before anything communicates.
+    with pytest.raises(ValueError, match="pooled"):
+        drloss_cuda.sigmoid_dr_loss(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), process_group=object())
+
+
+def test_process_group_type_is_checked():
+    with pytest.raises(TypeError, match="process_group"):
+        drloss_cuda.sigmoid_dr_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), process_group="world")
+
+
+# --------------------------------------------------------------------------------------------
+# DistributedDataParallel
+
+
+A, C, F = 12, 3, 6
+
+
+def _head():
+    return torch.nn.Linear(F, A * C, dtype=torch.float64)
+
+
+def _ddp_worker(rank, workdir):
+    _init(rank, workdir)
+    try:
+        data = torch.load(os.path.join(workdir, "ddp.pt"))
+        lo, hi = data["split"][rank], data["split"][rank + 1]
+        feats, labels = data["features"][lo:hi], data["labels"][lo:hi]
+        out = {}
+
+        # Per-image groups: sum of the local per-image losses times world / total images, so
+        # that DDP's average of the gradients is the gradient of the global mean.
+        head = _head()
+        head.load_state_dict(data["state"])
+        model = torch.nn.parallel.DistributedDataParallel(head)
+        logits = model(feats).reshape(-1, A, C)
+        scale = global_mean_scale(logits.shape[0])
+        loss = drloss_cuda.sigmoid_dr_loss(logits, labels, reduction="sum") * scale
+        loss.backward()
+        out["per_image"] = [p.grad.clone() for p in model.parameters()]
+        # The unscaled local mean, for the check that the scale matters with unequal splits.
+        out["local_mean"] = drloss_cuda.sigmoid_dr_loss(logits.detach(), labels)
+
+        # Pooled over the processes: the global loss times the world size.
+        head = _head()
+        head.load_state_dict(data["state"])
+        model = torch.nn.parallel.DistributedDataParallel(head)
+        logits = model(feats).reshape(-1, C)
+        loss = drloss_cuda.sigmoid_dr_loss(logits, labels.reshape(-1), process_group=dist.group.WORLD)
+        (loss * dist.get_world_size()).backward()
+        out["pooled"] = [p.grad.clone() for p in model.parameters()]
+        out["pooled_loss"] = loss.detach()
+        torch.save(out, os.path.join(workdir, f"ddp_{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_matches_single_process(tmp_path, generator):
+    n = 4
+    head = _head()
+    data = {
+        "state": head.state_dict(),
+        "features": torch.randn(n, F, dtype=torch.float64),
+        "labels": torch.randint(-1, C + 1, (n, A)),
+        "split": [0, 3, 4],  # unequal on purpose: 3 images and 1 image
+    }
+    torch.save(data, tmp_path / "ddp.pt")
+    _spawn(_ddp_worker, tmp_path)
+    got = [torch.load(tmp_path / f"ddp_{r}.pt") for r in range(WORLD)]
+
+    # One process, whole batch.
+    head.zero_grad()
+    logits = head(data["features"]).reshape(n, A, C)
+    reference.sigmoid_dr_loss(logits, data["labels"]).backward()
+    expected = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad()
+    logits = head(data["features"]).reshape(n, A, C)
+    drloss_cuda.sigmoid_dr_loss(logits, data["labels"]).backward()
+    expected_fused = [p.grad.clone() for p in head.parameters()]
+    for rank in range(WORLD):
+        for g, e, ef in zip(got[rank]["per_image"], expected, expected_fused):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(g, ef, rtol=1e-10, atol=1e-12)
+    # Averaging the unscaled local means would weight the lone image of rank 1 three times.
+    global_mean = reference.sigmoid_dr_loss(head(data["features"]).reshape(n, A, C).detach(), data["labels"])
+    naive = (got[0]["local_mean"] + got[1]["local_mean"]) / 2
+    assert not torch.allclose(naive, global_mean, rtol=1e-6, atol=0)
+
+    head.zero_grad()
+    logits = head(data["features"]).reshape(-1, C)
+    pooled = reference.sigmoid_dr_loss(logits, data["labels"].reshape(-1))
+    pooled.backward()
+    expected = [p.grad.clone() for p in head.parameters()]
+    for rank in range(WORLD):
+        torch.testing.assert_close(got[rank]["pooled_loss"], pooled.detach(), rtol=1e-10, atol=1e-12)
+        for g, e in zip(got[rank]["pooled"], expected):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
