@@ -34,6 +34,10 @@ Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& log
                             const at::Tensor& labels, const at::Tensor& stats,
                             const LossOptions& options);
 
+// With the environment variable DRLOSS_POISON_OUTPUTS=1, fills a freshly allocated output
+// with NaN before the kernel runs, so that the tests see any element a kernel fails to write.
+void poison_if_requested(at::Tensor& output);
+
 // float64 logits accumulate in float64, every other floating type in float32.
 at::ScalarType accumulate_type(at::ScalarType logits_type);
 

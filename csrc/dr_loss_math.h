@@ -84,7 +84,8 @@ DRLOSS_HD float exp_approx(float x) {
 #else
   // Clamp so that 2^n stays a normal float, then fix the ends with selects (NaN passes through:
   // every comparison with NaN is false and the polynomial of NaN is NaN).
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float xc = x > 88.0f ? 88.0f : x;
+  xc = xc < -87.0f ? -87.0f : xc;
   // Round-to-nearest by the 1.5 * 2^23 trick: branch-free and vectorizable without SSE4.1.
   const float shifter = 12582912.0f;
   const float nf = (xc * 1.44269504088896341f + shifter) - shifter;

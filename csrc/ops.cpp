@@ -12,6 +12,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <sstream>
 
 #include "dr_loss.h"
 #include "dr_loss_math.h"
@@ -40,6 +43,13 @@ void check_hyperparameters(const LossOptions& o) {
 }
 
 }  // namespace
+
+void poison_if_requested(at::Tensor& output) {
+  const char* flag = std::getenv("DRLOSS_POISON_OUTPUTS");
+  if (flag != nullptr && flag[0] == '1' && output.is_floating_point()) {
+    output.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+}
 
 at::ScalarType accumulate_type(at::ScalarType logits_type) {
   return logits_type == at::kDouble ? at::kDouble : at::kFloat;
@@ -101,6 +111,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu_op(const at::Tensor& logits,
   const auto acc_options = logits.options().dtype(accumulate_type(logits.scalar_type()));
   at::Tensor losses = at::empty({problem.groups}, acc_options);
   at::Tensor stats = at::empty({problem.groups, kNumStats}, acc_options);
+  poison_if_requested(losses);
+  poison_if_requested(stats);
   forward_cpu(logits.contiguous(), labels.contiguous(), problem, options, losses, stats);
   return {losses, stats};
 }
@@ -112,6 +124,7 @@ at::Tensor backward_cpu_op(const at::Tensor& grad_losses, const at::Tensor& logi
   const LossOptions options{pos_lambda, neg_lambda, L, tau, margin, first_label};
   const Problem problem = check_backward_args(grad_losses, logits, labels, stats, options);
   at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
+  poison_if_requested(grad_logits);
   backward_cpu(grad_losses.contiguous(), logits.contiguous(), labels.contiguous(),
                stats.contiguous(), problem, options, grad_logits);
   return grad_logits;
