@@ -1,0 +1,117 @@
+// The CUDA implementations of the two ops: argument checks (shared with the CPU), contiguous
+// inputs, device guard, current stream, outputs and workspace from torch's caching allocator
+// (so CUDA graphs capture them), dtype dispatch to the launchers of dr_loss_kernels.cu. No
+// host synchronization anywhere.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../dr_loss.h"
+#include "../dr_loss_math.h"
+#include "dr_loss_kernels.h"
+
+namespace drloss {
+namespace {
+
+cuda::LogitsType logits_type_of(const at::Tensor& logits) {
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      return cuda::LogitsType::kFloat32;
+    case at::kDouble:
+      return cuda::LogitsType::kFloat64;
+    case at::kHalf:
+      return cuda::LogitsType::kFloat16;
+    case at::kBFloat16:
+      return cuda::LogitsType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "sigmoid_dr_loss: unsupported logits dtype ", logits.scalar_type());
+  }
+}
+
+cuda::LabelsType labels_type_of(const at::Tensor& labels) {
+  return labels.scalar_type() == at::kInt ? cuda::LabelsType::kInt32 : cuda::LabelsType::kInt64;
+}
+
+cuda::Shape shape_of(const Problem& p) { return {p.groups, p.anchors, p.classes}; }
+
+cuda::Hyperparameters hyper_of(const LossOptions& o) {
+  return {o.pos_lambda, o.neg_lambda, o.L, o.tau, o.margin, o.first_label};
+}
+
+void check_on_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
+                                                   const at::Tensor& labels_in,
+                                                   double pos_lambda, double neg_lambda,
+                                                   double L, double tau, double margin,
+                                                   int64_t first_label) {
+  const LossOptions options{pos_lambda, neg_lambda, L, tau, margin, first_label};
+  const Problem problem = check_forward_args(logits_in, labels_in, options);
+  check_on_cuda(logits_in, "logits");
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  const auto acc_options = logits.options().dtype(accumulate_type(logits.scalar_type()));
+  at::Tensor losses = at::empty({problem.groups}, acc_options);
+  at::Tensor stats = at::empty({problem.groups, kNumStats}, acc_options);
+  poison_if_requested(losses);
+  poison_if_requested(stats);
+  if (problem.groups == 0) return {losses, stats};
+
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const cuda::Shape shape = shape_of(problem);
+  const int64_t workspace_elements = cuda::forward_workspace_elements(shape, sms);
+  at::Tensor workspace = at::empty({workspace_elements}, acc_options);
+  const cudaError_t error = cuda::launch_forward(
+      logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
+      labels.const_data_ptr(), shape, hyper_of(options), sms,
+      workspace_elements > 0 ? workspace.mutable_data_ptr() : nullptr,
+      losses.mutable_data_ptr(), stats.mutable_data_ptr(),
+      at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_CHECK(error);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {losses, stats};
+}
+
+at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& logits_in,
+                            const at::Tensor& labels_in, const at::Tensor& stats_in,
+                            double pos_lambda, double neg_lambda, double L, double tau,
+                            double margin, int64_t first_label) {
+  const LossOptions options{pos_lambda, neg_lambda, L, tau, margin, first_label};
+  const Problem problem =
+      check_backward_args(grad_losses_in, logits_in, labels_in, stats_in, options);
+  check_on_cuda(logits_in, "logits");
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor grad_losses = grad_losses_in.contiguous();
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor labels = labels_in.contiguous();
+  const at::Tensor stats = stats_in.contiguous();
+  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
+  poison_if_requested(grad_logits);
+  if (grad_logits.numel() == 0) return grad_logits;
+
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const cudaError_t error = cuda::launch_backward(
+      logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
+      labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(),
+      shape_of(problem), hyper_of(options), sms, grad_logits.mutable_data_ptr(),
+      at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_CHECK(error);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(drloss_cuda, CUDA, m) {
+  m.impl("sigmoid_dr_loss_forward", &forward_cuda_op);
+  m.impl("sigmoid_dr_loss_backward", &backward_cuda_op);
+}
+
+}  // namespace drloss
