@@ -31,7 +31,10 @@ for src in "${sources[@]}"; do
       checks=$((checks + 1))
       obj="$tmp/$(basename "$src" .cu).sm_${arch}.${std}.o"
       log="$tmp/log"
+      # The -D flags are the ones torch's extension builder passes to nvcc.
       if "$NVCC" -std="$std" -O3 --expt-relaxed-constexpr -lineinfo \
+          -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+          -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
           -gencode "arch=compute_${arch},code=sm_${arch}" \
           -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror \
           --resource-usage -Icsrc -c "$src" -o "$obj" >"$log" 2>&1; then
