@@ -183,13 +183,14 @@ PROVIDERS = {
 def make_inputs(N, A, C, dtype, device, generator):
     """Logits ~ N(0, 1) in `dtype` (a leaf that requires grad) and int64 labels with the mix
     described at POSITIVE_FRACTION / IGNORED_FRACTION."""
-    logits = torch.randn(N, A, C, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
-    u = torch.rand(N, A, generator=generator)
-    classes = torch.randint(0, C, (N, A), generator=generator)
-    labels = torch.full((N, A), C, dtype=torch.int64)
+    on = dict(device=device, generator=generator)  # generated where they are used
+    logits = torch.randn(N, A, C, dtype=torch.float32, **on).to(dtype)
+    u = torch.rand(N, A, **on)
+    classes = torch.randint(0, C, (N, A), **on)
+    labels = torch.full((N, A), C, dtype=torch.int64, device=device)
     labels = torch.where(u < POSITIVE_FRACTION, classes, labels)
     labels = torch.where((u >= POSITIVE_FRACTION) & (u < POSITIVE_FRACTION + IGNORED_FRACTION), -1, labels)
-    return logits.requires_grad_(True), labels.to(device)
+    return logits.requires_grad_(True), labels
 
 
 class CheckFailed(AssertionError):
@@ -437,20 +438,19 @@ def parse_sizes(text):
     return sizes
 
 
-def default_sizes(device, quick):
+def default_points(device, quick):
+    """(N, A, C, dtype) points measured when neither --sizes nor --dtypes is given."""
     if quick:
-        return [(2, 4000, 80)] if device == "cpu" else [(2, 20000, 80)]
+        return [(2, 4000, 80, "float32")] if device == "cpu" else [(2, 20000, 80, "float32")]
     if device == "cpu":
         # The headline case (N=2, A=100,000, C=80) and a sweep over A for the plots.
-        return [(2, a, 80) for a in (10000, 25000, 50000, 100000)]
-    # RetinaNet at 800x1333: A = 201,600, C = 80, N = 2, 8, 16; a sweep over A at N = 2.
-    return [(2, a, 80) for a in (25000, 50000, 100000, 201600)] + [(8, 201600, 80), (16, 201600, 80)]
-
-
-def default_dtypes(device, quick):
-    if device == "cpu" or quick:
-        return ["float32"]
-    return ["float32", "bfloat16", "float16"]
+        return [(2, a, 80, "float32") for a in (10000, 25000, 50000, 100000)]
+    # RetinaNet at 800x1333: A = 201,600, C = 80, N = 2, 8, 16, in float32, bfloat16 and
+    # float16; a sweep over A at N = 2 in float32 for the plots.
+    points = [(2, a, 80, "float32") for a in (25000, 50000, 100000, 201600)]
+    points += [(n, 201600, 80, "float32") for n in (8, 16)]
+    points += [(n, 201600, 80, dt) for dt in ("bfloat16", "float16") for n in (2, 8, 16)]
+    return points
 
 
 def build_parser():
@@ -459,8 +459,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats, compiled providers skipped unless named; CSV to a temporary folder unless --csv/--out-dir")
     p.add_argument("--providers", help=f"comma-separated subset of: {', '.join(PROVIDERS)} (default: all; --quick: all but the compiled ones)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: forward, forward_backward")
-    p.add_argument("--sizes", type=parse_sizes, help="comma-separated NxAxC, e.g. 2x100000x80,2x50000x80")
-    p.add_argument("--dtypes", help="comma-separated logits dtypes: float32, bfloat16, float16, float64 (default: float32 on CPU, all three half/float on CUDA)")
+    p.add_argument("--sizes", type=parse_sizes, help="comma-separated NxAxC, e.g. 2x100000x80,2x50000x80 (each measured in every --dtypes)")
+    p.add_argument("--dtypes", help="comma-separated logits dtypes: float32, bfloat16, float16, float64 (default float32; with neither --sizes nor --dtypes on CUDA: float32 for every size, bfloat16 and float16 at A=201,600)")
     p.add_argument("--repeats", type=int, help="timed calls per point (default 20; --quick 5)")
     p.add_argument("--warmup", type=int, help="untimed calls before timing (default 3; --quick 1)")
     p.add_argument("--max-seconds", type=float, help="stop timing a point after this many seconds once 5 calls are timed (default 15; --quick 1)")
@@ -483,12 +483,16 @@ def resolve_args(args):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmark: --device cuda but torch.cuda.is_available() is False")
     quick = args.quick
-    args.sizes = args.sizes or default_sizes(args.device, quick)
-    dtype_names = args.dtypes.split(",") if args.dtypes else default_dtypes(args.device, quick)
-    for name in dtype_names:
-        if name not in DTYPES:
-            raise SystemExit(f"benchmark: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
-    args.dtypes = dtype_names
+    defaults = default_points(args.device, quick)
+    if args.sizes is None and args.dtypes is None:
+        args.points = defaults
+    else:
+        sizes = args.sizes or list(dict.fromkeys((n, a, c) for n, a, c, _ in defaults))
+        dtype_names = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else ["float32"]
+        for name in dtype_names:
+            if name not in DTYPES:
+                raise SystemExit(f"benchmark: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+        args.points = [(n, a, c, dt) for n, a, c in sizes for dt in dtype_names]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in args.modes:
         if m not in MODES:
@@ -670,8 +674,8 @@ def _run(args):
             fused_unavailable = f"drloss_cuda._C could not be loaded ({error})"
     print(f"# drloss_cuda benchmark, run {run_id}")
     print(f"device: {device} = {common['device_name']}; torch {torch.__version__}; threads {common['threads']}; commit {common['git_commit']}; python {platform.python_version()}; load average {common['load_avg_1m']}")
-    print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}; dtypes: {', '.join(args.dtypes)}")
-    print(f"sizes (NxAxC): {', '.join(f'{n}x{a}x{c}' for n, a, c in args.sizes)}; warmup {args.warmup}, repeats {args.repeats} (max {args.max_seconds:g} s a point), {args.input_sets} input sets, seed {seed}")
+    print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}")
+    print(f"points (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; warmup {args.warmup}, repeats {args.repeats} (max {args.max_seconds:g} s a point), {args.input_sets} input sets, seed {seed}")
     print(f"labels: {POSITIVE_FRACTION:.0%} positive, {IGNORED_FRACTION:.0%} ignored, the rest background; logits ~ N(0, 1)")
     memory_method = "cuda.max_memory_allocated" if device == "cuda" else "profiler_alloc_events"
     copy_bytes = (1 << 30) if device == "cuda" else (256 << 20)
@@ -679,83 +683,82 @@ def _run(args):
     print(f"copy bandwidth ({copy_bytes >> 20} MiB device-to-device, read + write): {copy_bw / 1e9:.1f} GB/s")
     print()
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     built = {}
     rows = []
     failures = []
     skipped = []
-    for N, A, C in args.sizes:
-        for dtype_name in args.dtypes:
-            dtype = DTYPES[dtype_name]
-            input_sets = [make_inputs(N, A, C, dtype, device, generator) for _ in range(args.input_sets)]
-            expected = {}
-            for name in args.providers:
-                provider = PROVIDERS[name]
-                point = f"{name} N={N} A={A} C={C} {dtype_name}"
-                if name.startswith("fused") and fused_unavailable:
-                    if (name, fused_unavailable) not in skipped:
-                        skipped.append((name, fused_unavailable))
-                    print(f"{point}: skipped ({fused_unavailable})")
-                    continue
-                try:
-                    if name not in built:
-                        built[name] = provider.build()
-                    fn = built[name]
-                    key = (provider.kind, provider.layout)
-                    if key not in expected:
-                        expected[key] = reference_loss_and_grad(provider.kind, provider.layout, *input_sets[0])
-                    t0 = time.perf_counter()
-                    loss, loss_err, grad_err = check_provider(point, fn, *input_sets[0], expected[key], TOLERANCES[dtype])
-                    first = time.perf_counter() - t0
-                except CheckFailed as error:
-                    failures.append(str(error))
-                    print(f"{point}: CHECK FAILED, not timed: {error}")
-                    continue
-                except Exception as error:  # a provider that cannot run here is reported, not fatal
-                    failures.append(f"{point}: {type(error).__name__}: {error}")
-                    print(f"{point}: ERROR, not timed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-                    continue
-                print(f"{point}: check passed (loss {loss:.6g}, loss rel err {loss_err:.2g}, grad err {grad_err:.2g}; first call {first:.2f} s)")
-                for mode in args.modes:
-                    times = time_provider(fn, input_sets, mode, device, args.warmup, args.repeats, args.max_seconds)
-                    peak = (cuda_peak_bytes if device == "cuda" else cpu_peak_bytes)(fn, *input_sets[0], mode)
-                    median = percentile(times, 50)
-                    fb = floor_bytes(mode, *input_sets[0])
-                    achieved = fb / (median / 1e3)
-                    row = dict(common)
-                    row.update(
-                        provider=name,
-                        mode=mode,
-                        N=N,
-                        A=A,
-                        C=C,
-                        dtype=dtype_name,
-                        layout=provider.layout,
-                        input_sets=len(input_sets),
-                        warmup=args.warmup,
-                        repeats=len(times),
-                        median_ms=median,
-                        p20_ms=percentile(times, 20),
-                        p80_ms=percentile(times, 80),
-                        min_ms=min(times),
-                        peak_extra_mib=peak / 2**20,
-                        memory_method=memory_method,
-                        floor_bytes=fb,
-                        achieved_gbps=achieved / 1e9,
-                        copy_gbps=copy_bw / 1e9,
-                        floor_fraction=achieved / copy_bw,
-                        loss=loss,
-                        loss_rel_err=loss_err,
-                        grad_rel_err=grad_err,
-                    )
-                    rows.append(row)
-                    print(
-                        f"  {mode:<16} median {median:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {len(times)} runs)"
-                        f"  peak extra {row['peak_extra_mib']:8.1f} MiB  {row['achieved_gbps']:6.1f} GB/s ({100 * row['floor_fraction']:.1f}% of copy)"
-                    )
-            del input_sets, expected
-            if device == "cuda":
-                torch.cuda.empty_cache()
+    for N, A, C, dtype_name in args.points:
+        dtype = DTYPES[dtype_name]
+        input_sets = [make_inputs(N, A, C, dtype, device, generator) for _ in range(args.input_sets)]
+        expected = {}
+        for name in args.providers:
+            provider = PROVIDERS[name]
+            point = f"{name} N={N} A={A} C={C} {dtype_name}"
+            if name.startswith("fused") and fused_unavailable:
+                if (name, fused_unavailable) not in skipped:
+                    skipped.append((name, fused_unavailable))
+                print(f"{point}: skipped ({fused_unavailable})")
+                continue
+            try:
+                if name not in built:
+                    built[name] = provider.build()
+                fn = built[name]
+                key = (provider.kind, provider.layout)
+                if key not in expected:
+                    expected[key] = reference_loss_and_grad(provider.kind, provider.layout, *input_sets[0])
+                t0 = time.perf_counter()
+                loss, loss_err, grad_err = check_provider(point, fn, *input_sets[0], expected[key], TOLERANCES[dtype])
+                first = time.perf_counter() - t0
+            except CheckFailed as error:
+                failures.append(str(error))
+                print(f"{point}: CHECK FAILED, not timed: {error}")
+                continue
+            except Exception as error:  # a provider that cannot run here is reported, not fatal
+                failures.append(f"{point}: {type(error).__name__}: {error}")
+                print(f"{point}: ERROR, not timed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                continue
+            print(f"{point}: check passed (loss {loss:.6g}, loss rel err {loss_err:.2g}, grad err {grad_err:.2g}; first call {first:.2f} s)")
+            for mode in args.modes:
+                times = time_provider(fn, input_sets, mode, device, args.warmup, args.repeats, args.max_seconds)
+                peak = (cuda_peak_bytes if device == "cuda" else cpu_peak_bytes)(fn, *input_sets[0], mode)
+                median = percentile(times, 50)
+                fb = floor_bytes(mode, *input_sets[0])
+                achieved = fb / (median / 1e3)
+                row = dict(common)
+                row.update(
+                    provider=name,
+                    mode=mode,
+                    N=N,
+                    A=A,
+                    C=C,
+                    dtype=dtype_name,
+                    layout=provider.layout,
+                    input_sets=len(input_sets),
+                    warmup=args.warmup,
+                    repeats=len(times),
+                    median_ms=median,
+                    p20_ms=percentile(times, 20),
+                    p80_ms=percentile(times, 80),
+                    min_ms=min(times),
+                    peak_extra_mib=peak / 2**20,
+                    memory_method=memory_method,
+                    floor_bytes=fb,
+                    achieved_gbps=achieved / 1e9,
+                    copy_gbps=copy_bw / 1e9,
+                    floor_fraction=achieved / copy_bw,
+                    loss=loss,
+                    loss_rel_err=loss_err,
+                    grad_rel_err=grad_err,
+                )
+                rows.append(row)
+                print(
+                    f"  {mode:<16} median {median:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {len(times)} runs)"
+                    f"  peak extra {row['peak_extra_mib']:8.1f} MiB  {row['achieved_gbps']:6.1f} GB/s ({100 * row['floor_fraction']:.1f}% of copy)"
+                )
+        del input_sets, expected
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
     if rows:
         append_csv(args.csv, rows)

@@ -78,7 +78,7 @@ def test_quick_csv_defaults_outside_the_repository():
     full = benchmark.resolve_args(benchmark.build_parser().parse_args(["--device", "cpu"]))
     assert full.csv == benchmark.RESULTS / "benchmark.csv" and full.plot
     assert {"dense_masked_compiled", "focal_compiled"} <= set(full.providers)
-    assert (2, 100000, 80) in full.sizes
+    assert (2, 100000, 80, "float32") in full.points
 
 
 def test_rows_append_and_plots(tmp_path):
