@@ -114,8 +114,6 @@ def test_compiled_loss_with_torch_optimizer(generator):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_autocast_training_step(device, dtype, generator):
-    if device == "cpu" and dtype == torch.float16:
-        pytest.skip("CPU autocast is exercised in bfloat16, the CPU's mixed-precision type")
     model = ConvHead().to(device)
     x, labels = _batch(device, n=3, hw=6)
 
@@ -136,9 +134,9 @@ def test_autocast_training_step(device, dtype, generator):
     assert low_logits.grad.dtype == dtype  # the gradient comes back in the logits' dtype
     assert ref_loss.dtype == torch.float32 and ref_logits.dtype == torch.float32
 
-    # bf16 keeps 8 bits of mantissa (fp16 11). Over 40 seeds on the CPU in bf16 the loss
-    # differed from the float32 run by at most 1.5e-4 (relative) and the logits' gradient by
-    # at most 0.4% (relative norm error).
+    # bf16 keeps 8 bits of mantissa (fp16 11). Over 40 seeds on the CPU the loss differed from
+    # the float32 run by at most 1.5e-4 in bf16 (2e-5 in fp16, relative) and the logits'
+    # gradient by at most 0.4% (0.06%) in relative norm error.
     low = dtype == torch.bfloat16
     torch.testing.assert_close(low_loss, ref_loss, rtol=2e-3 if low else 5e-4, atol=1e-5)
 
@@ -146,12 +144,14 @@ def test_autocast_training_step(device, dtype, generator):
         return ((got.float() - want).norm() / want.norm()).item()
 
     assert relative_error(low_logits.grad, ref_logits.grad) < (2e-2 if low else 5e-3)
-    # The parameters' gradients also carry autocast's low-precision convolution backward, whose
-    # sums cancel (up to 12% relative norm error in bf16 over the same 40 seeds, median 0.5%):
-    # a loose check that they are the same gradients, not a precision claim about the loss.
+    # The parameters' gradients also carry autocast's low-precision convolutions (forward and
+    # backward; a ReLU input near 0 can change sign), on these tiny random inputs up to 12%
+    # relative norm error in bf16 and 8% in fp16 over 60 seeds (medians 0.5% and 0.07%; a loss
+    # scale does not change it, so it is rounding, not underflow): a loose check that they are
+    # the same gradients, not a precision claim about the loss.
     for g, r in zip(low_grads, ref_grads):
         assert g.dtype == torch.float32  # parameters stay float32 under autocast
-        assert relative_error(g, r) < (0.3 if low else 0.06)
+        assert relative_error(g, r) < (0.3 if low else 0.2)
 
     # The fused loss under autocast matches the reference on the same low-precision logits.
     ref_low = drloss_cuda.reference.sigmoid_dr_loss(low_logits.detach(), labels)
