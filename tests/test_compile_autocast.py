@@ -109,6 +109,31 @@ def test_compiled_loss_with_torch_optimizer(generator):
     assert moved > 1e-3
 
 
+def test_compile_dynamic_shapes(generator):
+    """Detection batches change the anchor count with the image size: one dynamic-shape graph
+    (aot_eager, which checks the fake kernels and the autograd formula without inductor's
+    compile time) serves every size, with the eager values and gradients."""
+    torch._dynamo.reset()
+
+    def loss_fn(x, labels):
+        return drloss_cuda.sigmoid_dr_loss(x, labels, reduction="sum")
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss_fn, backend=counter, fullgraph=True, dynamic=True)
+    for n, a in ((2, 30), (3, 57), (1, 8), (4, 30)):
+        x = torch.randn(n, a, C, dtype=torch.float64, requires_grad=True)
+        labels = torch.randint(-1, C + 1, (n, a))
+        got = compiled(x, labels)
+        (grad,) = torch.autograd.grad(got, x)
+        want = drloss_cuda.reference.sigmoid_dr_loss(x, labels, reduction="sum")
+        (want_grad,) = torch.autograd.grad(want, x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    assert counter.frame_count == 1  # one graph for every size
+
+
 # --------------------------------------------------------------------------------------------
 # Autocast
 

@@ -36,11 +36,18 @@ def _pooled_worker(rank, workdir):
     try:
         cases = torch.load(os.path.join(workdir, "cases.pt"))
         results = []
-        for case in cases:
+        for i, case in enumerate(cases):
             lo, hi = case["split"][rank], case["split"][rank + 1]
             x = case["logits"][lo:hi].clone().requires_grad_(True)
             y = case["labels"][lo:hi]
-            loss = drloss_cuda.sigmoid_dr_loss(x, y, process_group=dist.group.WORLD, **case["hyper"])
+            if i % 2:
+                # The module, per-group losses ([1] for the one pooled group).
+                module = drloss_cuda.SigmoidDRLoss(process_group=dist.group.WORLD, reduction="none", **case["hyper"])
+                losses = module(x, y)
+                assert losses.shape == (1,)
+                loss = losses.sum()
+            else:
+                loss = drloss_cuda.sigmoid_dr_loss(x, y, process_group=dist.group.WORLD, **case["hyper"])
             # Every process returns the same global loss; the backward is local.
             loss.backward()
             results.append({"loss": loss.detach(), "grad": x.grad})
