@@ -6,7 +6,7 @@
     python benchmarks/benchmark.py --device cuda    # RetinaNet sizes, float32/bfloat16/float16
 
 Every provider is checked against a float64 computation on the very inputs it is timed on
-(loss and gradient) before it is timed; a provider that fails is not timed and the run exits
+(loss and gradient) before it is timed, and the timed calls of the providers are interleaved; a provider that fails is not timed and the run exits
 with status 1. Rows are appended to a CSV, PNG plots of time and memory against A are drawn,
 and a Markdown table (with the speedup of `fused` over every provider, measured in this run) is
 printed last. See benchmarks/README.md for what each column means.
@@ -261,35 +261,49 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def time_provider(fn, input_sets, mode, device, warmup, repeats, max_seconds, min_repeats=5):
-    """Per-call times in ms: `warmup` untimed calls, then up to `repeats` timed calls (at least
-    `min_repeats`, fewer than `repeats` once `max_seconds` of timed calls have passed), each on
-    the next input set in turn. CPU: time.perf_counter around the call. CUDA: a pair of CUDA
-    events around the call, the device synchronized before it, so each figure is one call's
+def time_one_call(fn, logits, labels, mode, device):
+    """One call's time in ms. CPU: time.perf_counter around the call. CUDA: a pair of CUDA
+    events around the call, the device synchronized before it, so the figure is the call's
     latency on an idle device (launches and any host syncs of the provider included)."""
-    for i in range(warmup):
-        out = run_once(fn, *input_sets[i % len(input_sets)], mode)
-        del out
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        out = run_once(fn, logits, labels, mode)
+        end.record()
+        torch.cuda.synchronize()
+        elapsed = start.elapsed_time(end)
+    else:
+        t0 = time.perf_counter()
+        out = run_once(fn, logits, labels, mode)
+        elapsed = (time.perf_counter() - t0) * 1e3
+    del out
+    return elapsed
+
+
+def time_providers(fns, input_sets, mode, device, warmup, repeats, max_seconds, min_repeats=5):
+    """Per-call times in ms of every provider in `fns` ({name: fn}), interleaved: after
+    `warmup` untimed calls each, the timed calls go round the providers in turn (call i on input
+    set i mod K), so that a slow spell of the machine hits all of them alike instead of the one
+    measured then. A provider stops after `repeats` calls, or earlier, once it has at least
+    `min_repeats` and its timed calls add up to more than `max_seconds`."""
+    for name, fn in fns.items():
+        for i in range(warmup):
+            out = run_once(fn, *input_sets[i % len(input_sets)], mode)
+            del out
     synchronize(device)
-    times = []
-    started = time.perf_counter()
-    for i in range(repeats):
+    times = {name: [] for name in fns}
+    spent = {name: 0.0 for name in fns}
+    active = list(fns)
+    i = 0
+    while active:
         logits, labels = input_sets[i % len(input_sets)]
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            out = run_once(fn, logits, labels, mode)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            out = run_once(fn, logits, labels, mode)
-            times.append((time.perf_counter() - t0) * 1e3)
-        del out
-        if len(times) >= min_repeats and time.perf_counter() - started > max_seconds:
-            break
+        for name in active:
+            elapsed = time_one_call(fns[name], logits, labels, mode, device)
+            times[name].append(elapsed)
+            spent[name] += elapsed / 1e3
+        i += 1
+        active = [n for n in active if len(times[n]) < repeats and not (len(times[n]) >= min_repeats and spent[n] > max_seconds)]
     return times
 
 
@@ -553,7 +567,11 @@ def append_csv(path, rows):
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
         if header != CSV_COLUMNS:
-            raise SystemExit(f"benchmark: {path} has other columns than this version writes; pass another --csv")
+            # Written by a version with other columns: keep it beside, start a new file.
+            kept = path.with_name(f"{path.stem}.columns-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}{path.suffix}")
+            path.rename(kept)
+            print(f"{path} had other columns than this version writes: moved to {kept}")
+            exists = False
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         if not exists:
@@ -692,6 +710,7 @@ def _run(args):
         dtype = DTYPES[dtype_name]
         input_sets = [make_inputs(N, A, C, dtype, device, generator) for _ in range(args.input_sets)]
         expected = {}
+        passed = {}
         for name in args.providers:
             provider = PROVIDERS[name]
             point = f"{name} N={N} A={A} C={C} {dtype_name}"
@@ -719,10 +738,12 @@ def _run(args):
                 print(f"{point}: ERROR, not timed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 continue
             print(f"{point}: check passed (loss {loss:.6g}, loss rel err {loss_err:.2g}, grad err {grad_err:.2g}; first call {first:.2f} s)")
-            for mode in args.modes:
-                times = time_provider(fn, input_sets, mode, device, args.warmup, args.repeats, args.max_seconds)
+            passed[name] = (fn, loss, loss_err, grad_err)
+        for mode in args.modes:
+            times = time_providers({n: v[0] for n, v in passed.items()}, input_sets, mode, device, args.warmup, args.repeats, args.max_seconds)
+            for name, (fn, loss, loss_err, grad_err) in passed.items():
                 peak = (cuda_peak_bytes if device == "cuda" else cpu_peak_bytes)(fn, *input_sets[0], mode)
-                median = percentile(times, 50)
+                median = percentile(times[name], 50)
                 fb = floor_bytes(mode, *input_sets[0])
                 achieved = fb / (median / 1e3)
                 row = dict(common)
@@ -733,14 +754,14 @@ def _run(args):
                     A=A,
                     C=C,
                     dtype=dtype_name,
-                    layout=provider.layout,
+                    layout=PROVIDERS[name].layout,
                     input_sets=len(input_sets),
                     warmup=args.warmup,
-                    repeats=len(times),
+                    repeats=len(times[name]),
                     median_ms=median,
-                    p20_ms=percentile(times, 20),
-                    p80_ms=percentile(times, 80),
-                    min_ms=min(times),
+                    p20_ms=percentile(times[name], 20),
+                    p80_ms=percentile(times[name], 80),
+                    min_ms=min(times[name]),
                     peak_extra_mib=peak / 2**20,
                     memory_method=memory_method,
                     floor_bytes=fb,
@@ -753,7 +774,7 @@ def _run(args):
                 )
                 rows.append(row)
                 print(
-                    f"  {mode:<16} median {median:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {len(times)} runs)"
+                    f"{name:>22} N={N} A={A} C={C} {dtype_name} {mode:<16} median {median:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {len(times[name])} runs)"
                     f"  peak extra {row['peak_extra_mib']:8.1f} MiB  {row['achieved_gbps']:6.1f} GB/s ({100 * row['floor_fraction']:.1f}% of copy)"
                 )
         del input_sets, expected

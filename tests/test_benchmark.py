@@ -194,3 +194,13 @@ def test_cpu_peak_measures_allocations():
 
     assert benchmark.cpu_peak_bytes(wasteful, logits, labels, "forward") >= 4 << 20
     assert benchmark.cpu_peak_bytes(benchmark.build_fused(), logits, labels, "forward") < 64 << 10
+
+
+def test_csv_with_other_columns_is_kept_aside(tmp_path):
+    path = tmp_path / "bench.csv"
+    path.write_text("a,b\n1,2\n")
+    row = {c: "x" for c in benchmark.CSV_COLUMNS}
+    benchmark.append_csv(path, [row])
+    assert read_rows(path) == [row]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("bench.columns-")]
+    assert len(kept) == 1 and kept[0].read_text() == "a,b\n1,2\n"
