@@ -111,19 +111,23 @@ def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margi
     return PooledDRLoss.apply(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group)
 
 
-def global_mean_scale(num_local_groups, process_group=None):
+def global_mean_scale(num_local_groups, process_group=None, device=None):
     """The factor that turns a per-process *sum* of per-image losses into a loss whose gradient,
     after DDP averages it over the processes, is the gradient of the mean over every image of
-    every process: world_size / (total number of images). A collective (all-reduce of the
-    counts); returns a float32 scalar tensor on the device of the counts (CPU for gloo; pass a
-    CUDA tensor count for NCCL).
+    every process: world_size / (total number of images). A collective (one all-reduce of the
+    counts). Returns a float32 scalar tensor on `device`: by default the device of a tensor
+    count, else the current CUDA device for the NCCL backend and the CPU otherwise.
 
         loss = sigmoid_dr_loss(logits, labels, reduction="sum") * global_mean_scale(logits.shape[0])
     """
-    if isinstance(num_local_groups, torch.Tensor):
-        count = num_local_groups.detach().to(torch.float32).reshape(1).clone()
-    else:
-        count = torch.tensor([float(num_local_groups)])
+    if device is None:
+        if isinstance(num_local_groups, torch.Tensor):
+            device = num_local_groups.device
+        elif dist.get_backend(process_group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+    count = torch.as_tensor(num_local_groups).detach().to(device=device, dtype=torch.float32).reshape(1).clone()
     dist.all_reduce(count, op=dist.ReduceOp.SUM, group=process_group)
     world = dist.get_world_size(process_group)
     # No image anywhere: the sum is 0 and so is any factor; avoid 0/0.

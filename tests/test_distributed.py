@@ -165,6 +165,7 @@ def _ddp_worker(rank, workdir):
         model = torch.nn.parallel.DistributedDataParallel(head)
         logits = model(feats).reshape(-1, A, C)
         scale = global_mean_scale(logits.shape[0])
+        out["scales"] = torch.stack([scale, global_mean_scale(torch.tensor(hi - lo))])
         loss = drloss_cuda.sigmoid_dr_loss(logits, labels, reduction="sum") * scale
         loss.backward()
         out["per_image"] = [p.grad.clone() for p in model.parameters()]
@@ -197,6 +198,8 @@ def test_ddp_matches_single_process(tmp_path, generator):
     torch.save(data, tmp_path / "ddp.pt")
     _spawn(_ddp_worker, tmp_path)
     got = [torch.load(tmp_path / f"ddp_{r}.pt") for r in range(WORLD)]
+    for rank in range(WORLD):  # world size / total images, the same on every process
+        torch.testing.assert_close(got[rank]["scales"], torch.full((2,), WORLD / n))
 
     # One process, whole batch.
     head.zero_grad()
