@@ -93,6 +93,17 @@ TOLERANCES = {
     torch.float16: (1e-3, 2e-2),
 }
 
+# The pure-PyTorch peers accumulate in float32 the way PyTorch does: the official code's softmax
+# and sums over 8-16 million entries lose about 1e-3 of the loss at A = 100,000 (measured here:
+# 1.4e-3 pooled, 6e-4 per image). They are checked against float64 at these looser tolerances;
+# that they compute the exact same loss is tested in float64 by tests/test_benchmark.py.
+PEER_TOLERANCES = {
+    torch.float64: (1e-6, 1e-6),
+    torch.float32: (1e-2, 1e-2),
+    torch.bfloat16: (2e-2, 5e-2),
+    torch.float16: (2e-2, 5e-2),
+}
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -108,6 +119,12 @@ class Provider:
     build: object  # () -> fn(logits [N, A, C], labels [N, A]) -> scalar loss
     compiled: bool = False
     description: str = ""
+
+    @property
+    def tolerances(self):
+        """{dtype: (loss, gradient) tolerance}: the fused kernels' accuracy is part of the
+        project's contract; the peers are held to what float32 PyTorch gives."""
+        return TOLERANCES if self.name.startswith("fused") else PEER_TOLERANCES
 
 
 def _fused():
@@ -727,7 +744,7 @@ def _run(args):
                 if key not in expected:
                     expected[key] = reference_loss_and_grad(provider.kind, provider.layout, *input_sets[0])
                 t0 = time.perf_counter()
-                loss, loss_err, grad_err = check_provider(point, fn, *input_sets[0], expected[key], TOLERANCES[dtype])
+                loss, loss_err, grad_err = check_provider(point, fn, *input_sets[0], expected[key], provider.tolerances[dtype])
                 first = time.perf_counter() - t0
             except CheckFailed as error:
                 failures.append(str(error))

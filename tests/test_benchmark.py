@@ -45,7 +45,7 @@ def check_rows(rows, providers, modes, sizes):
         assert int(r["repeats"]) >= 1 and int(r["threads"]) >= 1
         assert r["dtype"] == "float32" and r["device"] == "cpu" and r["quick"] == "1"
         assert r["torch_version"] == torch.__version__
-        loss_tol, grad_tol = benchmark.TOLERANCES[torch.float32]
+        loss_tol, grad_tol = benchmark.PROVIDERS[r["provider"]].tolerances[torch.float32]
         assert 0 <= float(r["loss_rel_err"]) <= loss_tol and 0 <= float(r["grad_rel_err"]) <= grad_tol
     # Every row of one run shares the run's identity.
     assert len({(r["run_id"], r["git_commit"], r["device_name"]) for r in rows}) == 1
@@ -129,15 +129,33 @@ def test_check_rejects_a_wrong_provider(wrong):
 
 
 def test_check_rejects_a_wrong_focal_loss():
+    """At the peers' looser tolerance too."""
     logits, labels = _inputs()
     expected = benchmark.reference_loss_and_grad("focal", "per_image", logits, labels)
     import peers
 
+    tolerances = benchmark.PROVIDERS["focal"].tolerances[torch.float32]
     right = lambda x, y: peers.sigmoid_focal_loss(x, y)  # noqa: E731
-    benchmark.check_provider("focal", right, logits, labels, expected, benchmark.TOLERANCES[torch.float32])
-    wrong = lambda x, y: peers.sigmoid_focal_loss(x, y, gamma=1.9)  # noqa: E731
+    benchmark.check_provider("focal", right, logits, labels, expected, tolerances)
+    wrong = lambda x, y: peers.sigmoid_focal_loss(x, y, gamma=1.8)  # noqa: E731
     with pytest.raises(benchmark.CheckFailed):
-        benchmark.check_provider("focal", wrong, logits, labels, expected, benchmark.TOLERANCES[torch.float32])
+        benchmark.check_provider("focal", wrong, logits, labels, expected, tolerances)
+    wrong_alpha = lambda x, y: peers.sigmoid_focal_loss(x, y, alpha=0.3)  # noqa: E731
+    with pytest.raises(benchmark.CheckFailed):
+        benchmark.check_provider("focal", wrong_alpha, logits, labels, expected, tolerances)
+
+
+def test_check_rejects_a_wrong_dense_peer_at_the_peer_tolerance():
+    import peers
+
+    logits, labels = _inputs()
+    expected = benchmark.reference_loss_and_grad("dr", "per_image", logits, labels)
+    tolerances = benchmark.PROVIDERS["dense_masked"].tolerances[torch.float32]
+    benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y), logits, labels, expected, tolerances)
+    with pytest.raises(benchmark.CheckFailed):
+        benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, margin=0.7), logits, labels, expected, tolerances)
+    with pytest.raises(benchmark.CheckFailed):  # positives weighted like negatives
+        benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, pos_lambda=0.08), logits, labels, expected, tolerances)
 
 
 def test_run_with_a_wrong_provider_fails_and_does_not_time_it(tmp_path, monkeypatch):
