@@ -4,6 +4,7 @@ loss (`process_group=`), against one process over the whole batch (fused and ref
 Each test spawns its two workers once; the parent draws fresh random inputs, the workers write
 what they computed, and the parent compares."""
 
+import gc
 import os
 
 import pytest
@@ -52,6 +53,7 @@ def _pooled_worker(rank, workdir):
             loss.backward()
             results.append({"loss": loss.detach(), "grad": x.grad})
         torch.save(results, os.path.join(workdir, f"pooled_{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -153,37 +155,45 @@ def _head():
 def _ddp_worker(rank, workdir):
     _init(rank, workdir)
     try:
-        data = torch.load(os.path.join(workdir, "ddp.pt"))
-        lo, hi = data["split"][rank], data["split"][rank + 1]
-        feats, labels = data["features"][lo:hi], data["labels"][lo:hi]
-        out = {}
-
-        # Per-image groups: sum of the local per-image losses times world / total images, so
-        # that DDP's average of the gradients is the gradient of the global mean.
-        head = _head()
-        head.load_state_dict(data["state"])
-        model = torch.nn.parallel.DistributedDataParallel(head)
-        logits = model(feats).reshape(-1, A, C)
-        scale = global_mean_scale(logits.shape[0])
-        out["scales"] = torch.stack([scale, global_mean_scale(torch.tensor(hi - lo))])
-        loss = drloss_cuda.sigmoid_dr_loss(logits, labels, reduction="sum") * scale
-        loss.backward()
-        out["per_image"] = [p.grad.clone() for p in model.parameters()]
-        # The unscaled local mean, for the check that the scale matters with unequal splits.
-        out["local_mean"] = drloss_cuda.sigmoid_dr_loss(logits.detach(), labels)
-
-        # Pooled over the processes: the global loss times the world size.
-        head = _head()
-        head.load_state_dict(data["state"])
-        model = torch.nn.parallel.DistributedDataParallel(head)
-        logits = model(feats).reshape(-1, C)
-        loss = drloss_cuda.sigmoid_dr_loss(logits, labels.reshape(-1), process_group=dist.group.WORLD)
-        (loss * dist.get_world_size()).backward()
-        out["pooled"] = [p.grad.clone() for p in model.parameters()]
-        out["pooled_loss"] = loss.detach()
+        out = _ddp_compute(rank, torch.load(os.path.join(workdir, "ddp.pt")))
         torch.save(out, os.path.join(workdir, f"ddp_{rank}.pt"))
+        # The DDP models (and their reducers) are gone before the group is: tearing the group
+        # down under a live reducer can abort the process.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_compute(rank, data):
+    lo, hi = data["split"][rank], data["split"][rank + 1]
+    feats, labels = data["features"][lo:hi], data["labels"][lo:hi]
+    out = {}
+
+    # Per-image groups: sum of the local per-image losses times world / total images, so
+    # that DDP's average of the gradients is the gradient of the global mean.
+    head = _head()
+    head.load_state_dict(data["state"])
+    model = torch.nn.parallel.DistributedDataParallel(head)
+    logits = model(feats).reshape(-1, A, C)
+    scale = global_mean_scale(logits.shape[0])
+    out["scales"] = torch.stack([scale, global_mean_scale(torch.tensor(hi - lo))])
+    loss = drloss_cuda.sigmoid_dr_loss(logits, labels, reduction="sum") * scale
+    loss.backward()
+    out["per_image"] = [p.grad.clone() for p in model.parameters()]
+    # The unscaled local mean, for the check that the scale matters with unequal splits.
+    out["local_mean"] = drloss_cuda.sigmoid_dr_loss(logits.detach(), labels)
+
+    # Pooled over the processes: the global loss times the world size.
+    head = _head()
+    head.load_state_dict(data["state"])
+    model = torch.nn.parallel.DistributedDataParallel(head)
+    logits = model(feats).reshape(-1, C)
+    loss = drloss_cuda.sigmoid_dr_loss(logits, labels.reshape(-1), process_group=dist.group.WORLD)
+    (loss * dist.get_world_size()).backward()
+    out["pooled"] = [p.grad.clone() for p in model.parameters()]
+    out["pooled_loss"] = loss.detach()
+    return out
 
 
 def test_ddp_matches_single_process(tmp_path, generator):
