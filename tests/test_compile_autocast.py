@@ -2,8 +2,8 @@
 (no graph break, same losses and parameters as eager) and torch.autocast (float32 loss,
 gradients in the logits' dtype, close to a float32 run).
 
-Compilation with inductor takes tens of seconds on a small CPU, so there are only two compile
-tests."""
+Compilation with inductor takes tens of seconds on a small CPU, so only two tests use inductor;
+the dynamic-shape test uses the aot_eager backend."""
 
 import copy
 
@@ -121,6 +121,8 @@ def test_compile_dynamic_shapes(generator):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend("aot_eager")
+    # (With dynamic=True the first call traces twice: dynamo restarts once to specialize the
+    # float hyperparameters. That is one compilation, not a recompilation.)
     compiled = torch.compile(loss_fn, backend=counter, fullgraph=True, dynamic=True)
     frames = []
     for n, a in ((2, 30), (3, 57), (4, 9), (5, 30)):
