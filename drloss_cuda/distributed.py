@@ -13,6 +13,13 @@ communication: the backward op's gradient for an element depends only on its gro
 statistics and the element itself, so calling it locally with the *global* statistics gives
 the gradient of the global loss with respect to the local logits.
 
+The value after the merge, tau / L * softplus(L * (E_neg - E_pos + margin)), is computed with
+tensor operations (`loss_from_stats`, written as the kernels' group_loss) rather than by the
+op, whose entry point takes logits, not statistics: it is one line, only the forward value uses
+it (the backward is the fused backward op, which evaluates the slope with the kernels' own
+formula), and tests/test_distributed.py checks the value against the reference and the fused
+single-process loss over the concatenated batch.
+
 Gradient scale under DDP: every process returns the same global loss and gets
 d(global loss)/d(local logits). DDP then *averages* the parameter gradients over the P
 processes, which gives (1/P) * d(global loss)/d(parameters). Multiply the loss by
