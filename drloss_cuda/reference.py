@@ -40,12 +40,12 @@ def group_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_lab
         neg_weight = F.softmax(neg_prob / neg_lambda, dim=0)
         neg_mean = (neg_weight * neg_prob).sum()
     else:
-        neg_mean = prob.new_zeros(())
+        neg_mean = neg_prob.sum()  # the empty sum, 0, still attached to logits' graph
     if pos_prob.numel() > 0:
         pos_weight = F.softmax(-pos_prob / pos_lambda, dim=0)
         pos_mean = (pos_weight * pos_prob).sum()
     else:
-        pos_mean = prob.new_ones(())
+        pos_mean = pos_prob.sum() + 1.0  # E_pos = 1, still attached to logits' graph
     return tau / L * F.softplus(L * (neg_mean - pos_mean + margin))
 
 

@@ -189,6 +189,10 @@ def test_all_ignored(device, generator):
     loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
     torch.testing.assert_close(loss, torch.full_like(loss, expected_loss(0.0, 1.0)), rtol=1e-6, atol=0)
     assert torch.equal(grad, torch.zeros_like(grad))
+    # The reference gives the same value and, like the fused op, a zero gradient.
+    ref_loss, ref_grad = loss_and_grad(reference.sigmoid_dr_loss, logits.cpu(), labels.cpu(), reduction="none")
+    torch.testing.assert_close(ref_loss, loss.cpu())
+    assert torch.equal(ref_grad, torch.zeros_like(ref_grad))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
