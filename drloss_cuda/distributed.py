@@ -14,7 +14,7 @@ statistics and the element itself, so calling it locally with the *global* stati
 the gradient of the global loss with respect to the local logits.
 
 The value after the merge, tau / L * softplus(L * (E_neg - E_pos + margin)), is computed with
-tensor operations (`loss_from_stats`, written as the kernels' group_loss) rather than by the
+tensor operations (`loss_from_stats`, the reference's loss_from_expectations) rather than by the
 op, whose entry point takes logits, not statistics: it is one line, only the forward value uses
 it (the backward is the fused backward op, which evaluates the slope with the kernels' own
 formula), and tests/test_distributed.py checks the value against the reference and the fused
@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from .ops import NUM_STATS, backward_op, forward_op
+from .reference import loss_from_expectations
 
 # Column layout of the [G, 6] statistics written by the forward op (csrc/dr_loss_math.h).
 NEG_MAX, NEG_SUM, NEG_MEAN, POS_MAX, POS_SUM, POS_MEAN = range(NUM_STATS)
@@ -71,10 +72,8 @@ def reduce_stats(stats, process_group):
 
 
 def loss_from_stats(stats, L, tau, margin):
-    """tau / L * softplus(L * (E_neg - E_pos + margin)) per row of [G, 6] statistics, written as
-    the kernels' group_loss writes it (max(z, 0) + log1p(exp(-|z|)), which cannot overflow)."""
-    z = L * (stats[:, NEG_MEAN] - stats[:, POS_MEAN] + margin)
-    return tau / L * (torch.clamp(z, min=0) + torch.log1p(torch.exp(-z.abs())))
+    """The group loss of each row of [G, 6] statistics, by the reference's formula."""
+    return loss_from_expectations(stats[:, NEG_MEAN], stats[:, POS_MEAN], L, tau, margin)
 
 
 class PooledDRLoss(torch.autograd.Function):

@@ -46,6 +46,12 @@ def group_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_lab
         pos_mean = (pos_weight * pos_prob).sum()
     else:
         pos_mean = pos_prob.sum() + 1.0  # E_pos = 1, still attached to logits' graph
+    return loss_from_expectations(neg_mean, pos_mean, L, tau, margin)
+
+
+def loss_from_expectations(neg_mean, pos_mean, L, tau, margin):
+    """tau / L * softplus(L * (E_neg - E_pos + margin)): the Python side's one copy of the
+    group loss (the kernels' is group_loss in csrc/dr_loss_math.h)."""
     return tau / L * F.softplus(L * (neg_mean - pos_mean + margin))
 
 
