@@ -77,8 +77,11 @@ def main(argv=None):
     rows = [r for r in rows if r["run_id"] == run_id]
     if not rows:
         raise SystemExit(f"plot: no rows of run {run_id} in {args.csv}")
-    for path in plot_rows(rows, args.out_dir or args.csv.parent):
+    paths = plot_rows(rows, args.out_dir or args.csv.parent)
+    for path in paths:
         print(path)
+    if not paths:
+        print(f"plot: run {run_id} has no (mode, N, C, dtype) with two or more values of A: nothing to draw")
 
 
 if __name__ == "__main__":
