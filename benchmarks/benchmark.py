@@ -657,7 +657,7 @@ def headline(rows, mode="forward_backward"):
         parts = [f"{p} {times[p] / times['fused']:.1f}x" for p in times if p != "fused"]
         if "fused_pooled" in times and "official_pooled" in times:
             parts.append(f"(pooled vs pooled: fused_pooled over official_pooled {times['official_pooled'] / times['fused_pooled']:.1f}x)")
-        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; fused is faster than " + ", ".join(parts))
+        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; speedup of fused over " + ", ".join(parts))
     return out
 
 
