@@ -13,8 +13,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../dr_loss.h"
 #include "../dr_loss_math.h"
@@ -122,6 +127,24 @@ void store_chunk(const acc_t* grad, int64_t n, scalar_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(grad[i]);
 }
 
+// A freshly allocated multi-MiB gradient is mapped in 4 KiB pages, and faulting them in costs
+// more than computing the gradient (measured: 25 ms of faults against ~10 ms of arithmetic for
+// 64 MiB). Asking for transparent huge pages on its 2 MiB-aligned interior removes most of
+// them. It is only a hint: where it is refused or unsupported nothing changes.
+void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  if (bytes < static_cast<int64_t>(4 * kHugePage)) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (first + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (first + static_cast<uintptr_t>(bytes)) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 // A group's chunks: [chunk * kChunk, min((chunk + 1) * kChunk, elements)).
 struct Chunking {
   int64_t per_group;
@@ -198,6 +221,7 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   const acc_t* g_in = grad_losses.data_ptr<acc_t>();
   const acc_t* st = stats.data_ptr<acc_t>();
   scalar_t* out = grad_logits.data_ptr<scalar_t>();
+  advise_huge_pages(out, grad_logits.numel() * static_cast<int64_t>(sizeof(scalar_t)));
   const Chunking ch(pr);
 
   at::parallel_for(0, ch.total, 1, [&](int64_t first, int64_t last) {
