@@ -5,7 +5,13 @@
 # every step runs whatever the previous ones gave, and a summary table comes last. Exits
 # non-zero when any step failed.
 #
-#   bash benchmarks/gpu_check.sh            # python3 with a CUDA torch, nvcc, pytest
+#   bash benchmarks/gpu_check.sh                     # every step
+#   bash benchmarks/gpu_check.sh build pytest memcheck racecheck
+#   bash benchmarks/gpu_check.sh benchmark           # after a build, e.g. in a second command
+#
+# Needs python3 with a CUDA torch, nvcc and pytest. Naming steps lets a machine that limits the
+# length of one command run the check in parts. BENCH_ARGS overrides the benchmark's arguments
+# (default: the RetinaNet size at N = 2, 8, 16 in float32 and bfloat16).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT:-benchmarks/results/gpu}
@@ -74,15 +80,23 @@ benchmark() {
     echo "benchmarks/benchmark.py does not exist: no benchmark run"
     return 3
   fi
-  "$PY" benchmarks/benchmark.py --device cuda
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/benchmark.py --device cuda ${BENCH_ARGS:---sizes 2x201600x80,8x201600x80,16x201600x80 --dtypes float32,bfloat16 --max-seconds 5}
 }
 
+wanted=("$@")
+[ ${#wanted[@]} -eq 0 ] && wanted=(build pytest memcheck racecheck benchmark)
 step environment environment.log environment
-step build build.log build
-step pytest pytest.log tests
-step memcheck memcheck.log sanitizer memcheck
-step racecheck racecheck.log sanitizer racecheck
-step benchmark benchmark.log benchmark
+for name in "${wanted[@]}"; do
+  case "$name" in
+    build) step build build.log build ;;
+    pytest) step pytest pytest.log tests ;;
+    memcheck) step memcheck memcheck.log sanitizer memcheck ;;
+    racecheck) step racecheck racecheck.log sanitizer racecheck ;;
+    benchmark) step benchmark benchmark.log benchmark ;;
+    *) echo "gpu_check: unknown step '$name' (build, pytest, memcheck, racecheck, benchmark)" >&2; exit 2 ;;
+  esac
+done
 
 failed=0
 {

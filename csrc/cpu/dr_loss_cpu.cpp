@@ -73,16 +73,30 @@ DRLOSS_CPU_CLONES void sigmoid_chunk(const scalar_t* x, int64_t n, acc_t* p) {
   for (int64_t i = 0; i < n; ++i) p[i] = sigmoid(static_cast<acc_t>(x[i]));
 }
 
-// The negatives' triple of a chunk: block max first, then the sums against it.
+// Exponent scales up to this shift every negative's exponent by s_neg itself rather than by
+// the chunk's max: as p <= 1, s_neg * p - s_neg lies in [-s_neg, 0], so each term is at least
+// e^-64, a normal float, and the sums are as exact as with the max. That saves the max pass.
+constexpr double kFixedShiftLimit = 64.0;
+
+// The negatives' triple of a chunk: the shift (the chunk's max, or s_neg), then the sums.
 template <typename acc_t>
 DRLOSS_CPU_CLONES SoftmaxTriple<acc_t> negative_triple(const acc_t* p, const int32_t* neg,
                                                        int64_t n, acc_t s_neg) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
+  if (static_cast<double>(s_neg) <= kFixedShiftLimit) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (neg[i]) {
+        m = s_neg;
+        break;
+      }
+    }
+  } else {
 #pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t e_all = s_neg * p[i];
-    const acc_t e = neg[i] ? e_all : -std::numeric_limits<acc_t>::infinity();
-    m = e > m ? e : m;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t e_all = s_neg * p[i];
+      const acc_t e = neg[i] ? e_all : -std::numeric_limits<acc_t>::infinity();
+      m = e > m ? e : m;
+    }
   }
   acc_t z = 0, w = 0;
   if (m == -std::numeric_limits<acc_t>::infinity()) {
@@ -112,19 +126,17 @@ DRLOSS_CPU_CLONES SoftmaxTriple<acc_t> negative_triple(const acc_t* p, const int
   return t;
 }
 
-template <typename acc_t>
+// The negatives' gradient, written straight into the output in its type (0 for every other
+// element: the positives are overwritten afterwards).
+template <typename scalar_t, typename acc_t>
 DRLOSS_CPU_CLONES void negative_grad_chunk(const acc_t* p, const int32_t* neg, int64_t n,
-                                           acc_t s_neg, const GroupGrad<acc_t>& gg, acc_t* grad) {
+                                           acc_t s_neg, const GroupGrad<acc_t>& gg,
+                                           scalar_t* out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const acc_t g = element_grad(p[i], s_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
-    grad[i] = neg[i] ? g : acc_t(0);
+    out[i] = static_cast<scalar_t>(neg[i] ? g : acc_t(0));
   }
-}
-
-template <typename scalar_t, typename acc_t>
-void store_chunk(const acc_t* grad, int64_t n, scalar_t* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(grad[i]);
 }
 
 // A freshly allocated multi-MiB gradient is mapped in 4 KiB pages, and faulting them in costs
@@ -227,7 +239,6 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   at::parallel_for(0, ch.total, 1, [&](int64_t first, int64_t last) {
     ChunkKinds kinds;
     acc_t p[kChunk];
-    acc_t grad[kChunk];
     for (int64_t c = first; c < last; ++c) {
       const int64_t g = c / ch.per_group;
       const int64_t begin = (c % ch.per_group) * kChunk;
@@ -235,12 +246,12 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
       const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
       sigmoid_chunk(x + g * ch.elements + begin, n, p);
-      negative_grad_chunk(p, kinds.neg, n, h.s_neg, gg, grad);
+      scalar_t* out_chunk = out + g * ch.elements + begin;
+      negative_grad_chunk(p, kinds.neg, n, h.s_neg, gg, out_chunk);
       for (int64_t k = 0; k < kinds.num_pos; ++k) {
         const int32_t i = kinds.pos_index[k];
-        grad[i] = element_grad(p[i], kPositive, gg, h);
+        out_chunk[i] = static_cast<scalar_t>(element_grad(p[i], kPositive, gg, h));
       }
-      store_chunk(grad, n, out + g * ch.elements + begin);
     }
   });
 }
