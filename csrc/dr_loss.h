@@ -6,24 +6,9 @@
 
 #include <tuple>
 
+#include "dr_loss_options.h"
+
 namespace drloss {
-
-// The hyperparameters exactly as the op schema passes them.
-struct LossOptions {
-  double pos_lambda;
-  double neg_lambda;
-  double L;
-  double tau;
-  double margin;
-  int64_t first_label;
-};
-
-// Shapes of one call, after the checks: logits viewed as [groups, anchors, classes].
-struct Problem {
-  int64_t groups;
-  int64_t anchors;
-  int64_t classes;
-};
 
 // Validates the forward's arguments; every message names the offending argument.
 Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,

@@ -53,29 +53,12 @@ def sigmoid_dr_loss(
     _common.check_is_tensor("logits", logits)
     _common.check_is_tensor("labels", labels)
     _common.check_reduction(reduction)
+    labels = _common.as_kernel_labels(labels)
+    hyper = (float(pos_lambda), float(neg_lambda), float(L), float(tau), float(margin), int(first_label))
     if process_group is not None:
         from .distributed import pooled_sigmoid_dr_loss
 
-        losses = pooled_sigmoid_dr_loss(
-            logits,
-            _common.as_kernel_labels(labels),
-            float(pos_lambda),
-            float(neg_lambda),
-            float(L),
-            float(tau),
-            float(margin),
-            int(first_label),
-            process_group,
-        )
-        return _common.reduce_losses(losses, reduction)
-    losses, _ = forward_op(
-        logits,
-        _common.as_kernel_labels(labels),
-        float(pos_lambda),
-        float(neg_lambda),
-        float(L),
-        float(tau),
-        float(margin),
-        int(first_label),
-    )
+        losses = pooled_sigmoid_dr_loss(logits, labels, *hyper, process_group)
+    else:
+        losses, _ = forward_op(logits, labels, *hyper)
     return _common.reduce_losses(losses, reduction)

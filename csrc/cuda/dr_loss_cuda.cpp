@@ -36,12 +36,6 @@ cuda::LabelsType labels_type_of(const at::Tensor& labels) {
   return labels.scalar_type() == at::kInt ? cuda::LabelsType::kInt32 : cuda::LabelsType::kInt64;
 }
 
-cuda::Shape shape_of(const Problem& p) { return {p.groups, p.anchors, p.classes}; }
-
-cuda::Hyperparameters hyper_of(const LossOptions& o) {
-  return {o.pos_lambda, o.neg_lambda, o.L, o.tau, o.margin, o.first_label};
-}
-
 void check_on_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
 }
@@ -65,12 +59,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   if (problem.groups == 0) return {losses, stats};
 
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const cuda::Shape shape = shape_of(problem);
-  const int64_t workspace_elements = cuda::forward_workspace_elements(shape, sms);
+  const int64_t workspace_elements = cuda::forward_workspace_elements(problem, sms);
   at::Tensor workspace = at::empty({workspace_elements}, acc_options);
   const cudaError_t error = cuda::launch_forward(
       logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
-      labels.const_data_ptr(), shape, hyper_of(options), sms,
+      labels.const_data_ptr(), problem, options, sms,
       workspace_elements > 0 ? workspace.mutable_data_ptr() : nullptr,
       losses.mutable_data_ptr(), stats.mutable_data_ptr(),
       at::cuda::getCurrentCUDAStream().stream());
@@ -100,7 +93,7 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   const cudaError_t error = cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(),
-      shape_of(problem), hyper_of(options), sms, grad_logits.mutable_data_ptr(),
+      problem, options, sms, grad_logits.mutable_data_ptr(),
       at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_CHECK(error);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

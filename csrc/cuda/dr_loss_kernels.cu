@@ -419,7 +419,7 @@ struct Split {
   unsigned grid;
 };
 
-Split make_split(const Shape& s, int multiprocessor_count) {
+Split make_split(const Problem& s, int multiprocessor_count) {
   Split split{0, 0, 0, 0};
   split.blocks_per_group = forward_blocks_per_group(s, multiprocessor_count);
   if (split.blocks_per_group == 0) return split;
@@ -454,7 +454,7 @@ cudaError_t dispatch(LogitsType logits_type, LabelsType labels_type, F&& f) {
 
 }  // namespace
 
-int64_t forward_blocks_per_group(const Shape& s, int multiprocessor_count) {
+int64_t forward_blocks_per_group(const Problem& s, int multiprocessor_count) {
   if (s.groups <= 0 || s.anchors <= 0 || s.classes <= 0) return 0;
   const int64_t elements = s.anchors * s.classes;
   const int64_t sms = multiprocessor_count > 0 ? multiprocessor_count : 1;
@@ -464,12 +464,12 @@ int64_t forward_blocks_per_group(const Shape& s, int multiprocessor_count) {
   return blocks < 1 ? 1 : blocks;
 }
 
-int64_t forward_workspace_elements(const Shape& s, int multiprocessor_count) {
+int64_t forward_workspace_elements(const Problem& s, int multiprocessor_count) {
   return s.groups * forward_blocks_per_group(s, multiprocessor_count) * 6;
 }
 
 cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsType labels_type,
-                           const void* labels, const Shape& s, const Hyperparameters& hp,
+                           const void* labels, const Problem& s, const LossOptions& hp,
                            int multiprocessor_count, void* workspace, void* losses, void* stats,
                            cudaStream_t stream) {
   if (s.groups <= 0) return cudaSuccess;
@@ -503,7 +503,7 @@ cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsTyp
 
 cudaError_t launch_backward(LogitsType logits_type, const void* grad_losses, const void* logits,
                             LabelsType labels_type, const void* labels, const void* stats,
-                            const Shape& s, const Hyperparameters& hp, int multiprocessor_count,
+                            const Problem& s, const LossOptions& hp, int multiprocessor_count,
                             void* grad_logits, cudaStream_t stream) {
   const Split split = make_split(s, multiprocessor_count);
   if (split.items == 0) return cudaSuccess;  // no element to write

@@ -9,42 +9,28 @@
 
 #include <cstdint>
 
+#include "../dr_loss_options.h"
+
 namespace drloss {
 namespace cuda {
 
 enum class LogitsType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 enum class LabelsType : int { kInt32 = 0, kInt64 = 1 };
 
-// logits viewed as [groups, anchors, classes], contiguous; labels [groups, anchors].
-struct Shape {
-  int64_t groups;
-  int64_t anchors;
-  int64_t classes;
-};
-
-struct Hyperparameters {
-  double pos_lambda;
-  double neg_lambda;
-  double L;
-  double tau;
-  double margin;
-  int64_t first_label;
-};
-
 // How the forward cuts each group into blocks. Depends on the shape and the device's
 // multiprocessor count only (never on the data), so a given call on a given device always
 // reduces in the same order and gives bitwise the same result.
-int64_t forward_blocks_per_group(const Shape& shape, int multiprocessor_count);
+int64_t forward_blocks_per_group(const Problem& shape, int multiprocessor_count);
 
 // Number of accumulation-type elements (float, or double for float64 logits) of the forward's
 // workspace (one pair of softmax partials per block). 0 when nothing needs one.
-int64_t forward_workspace_elements(const Shape& shape, int multiprocessor_count);
+int64_t forward_workspace_elements(const Problem& shape, int multiprocessor_count);
 
 // Forward. losses [groups] and stats [groups, 6] are in the accumulation type (double for
 // float64 logits, float otherwise); workspace holds forward_workspace_elements() of that type.
 // Every output element is written. Returns the launch error (cudaSuccess when all launched).
 cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsType labels_type,
-                           const void* labels, const Shape& shape, const Hyperparameters& hyper,
+                           const void* labels, const Problem& shape, const LossOptions& hyper,
                            int multiprocessor_count, void* workspace, void* losses, void* stats,
                            cudaStream_t stream);
 
@@ -52,7 +38,7 @@ cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsTyp
 // has logits' shape and type and is fully written.
 cudaError_t launch_backward(LogitsType logits_type, const void* grad_losses, const void* logits,
                             LabelsType labels_type, const void* labels, const void* stats,
-                            const Shape& shape, const Hyperparameters& hyper,
+                            const Problem& shape, const LossOptions& hyper,
                             int multiprocessor_count, void* grad_logits, cudaStream_t stream);
 
 }  // namespace cuda
