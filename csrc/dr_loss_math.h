@@ -5,8 +5,9 @@
 // It depends on nothing but the C++ standard library, so the .cu files that include it compile
 // with plain nvcc, without torch headers.
 //
-// Notation (see docs/math.md): p = sigmoid(x); for negatives the softmax exponent is
-// s_neg * p with s_neg = 1 / neg_lambda, for positives s_pos * p with s_pos = -1 / pos_lambda.
+// Notation (see "The math" in docs/design.md): p = sigmoid(x); for negatives the softmax
+// exponent is s_neg * p with s_neg = 1 / neg_lambda, for positives s_pos * p with
+// s_pos = -1 / pos_lambda.
 // A group's expectation E = sum(p * e^(s p)) / sum(e^(s p)) is kept as the triple
 // (m, Z, W) = (running max of s p, sum e^(s p - m), sum p e^(s p - m)), E = W / Z.
 #pragma once
@@ -149,6 +150,11 @@ struct SoftmaxTriple {
     if (other.z == acc_t(0) && other.m == -std::numeric_limits<acc_t>::infinity()) return;
     if (z == acc_t(0) && m == -std::numeric_limits<acc_t>::infinity()) {
       *this = other;
+      return;
+    }
+    if (m == other.m) {  // the common case of a fixed shift: no rescaling needed
+      z += other.z;
+      w += other.w;
       return;
     }
     const acc_t new_m = m > other.m ? m : other.m;

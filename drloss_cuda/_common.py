@@ -4,7 +4,7 @@ import math
 
 import torch
 
-# The official code's defaults (section 2 of docs/math.md).
+# The official code's defaults ("The math" in docs/design.md).
 DEFAULT_POS_LAMBDA = 1.0
 DEFAULT_NEG_LAMBDA = 0.1 / math.log(3.5)
 DEFAULT_L = 6.0

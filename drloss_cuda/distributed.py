@@ -4,7 +4,7 @@ makes DistributedDataParallel's gradient average equal the gradient of the globa
 Pooled mode (`sigmoid_dr_loss(logits [M, C], labels [M], process_group=group)`):
 
 The loss of a group depends on its elements only through two online-softmax triples
-(m, Z, W = E * Z per sign; section 2 of the design), and triples merge associatively. So each
+(m, Z, W = E * Z per sign; "The math" in docs/design.md), and triples merge associatively. So each
 process runs the fused forward op on its own [M_p, C] logits, the processes all-reduce the
 maximum m (MAX), rescale their Z and W to that maximum and all-reduce them (SUM), and every
 process forms the same global expectations (E = W / Z, or the empty-set defaults E_neg = 0,

@@ -36,6 +36,7 @@ namespace drloss {
 namespace {
 
 constexpr int64_t kChunk = 2048;
+constexpr int64_t kMergesPerTask = 1 << 14;
 
 // The elements [begin, end) of one group, classified. `neg` is 1 for a negative and 0
 // otherwise; `pos_index` lists the positions (relative to begin) of the positives.
@@ -204,7 +205,9 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
       make_hyper<double>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
   acc_t* loss_out = losses.data_ptr<acc_t>();
   acc_t* stats_out = stats.data_ptr<acc_t>();
-  at::parallel_for(0, pr.groups, 1, [&](int64_t first, int64_t last) {
+  // A parallel region costs more than a few thousand merges: only many groups get one.
+  const int64_t merge_grain = std::max<int64_t>(1, kMergesPerTask / std::max<int64_t>(1, ch.per_group));
+  at::parallel_for(0, pr.groups, merge_grain, [&](int64_t first, int64_t last) {
     for (int64_t g = first; g < last; ++g) {
       SoftmaxTriple<double> neg = SoftmaxTriple<double>::empty();
       SoftmaxTriple<double> pos = SoftmaxTriple<double>::empty();
