@@ -456,3 +456,21 @@ def test_build_info_reports_openmp():
     assert set(info) == {"openmp", "cuda"}
     if sys.platform.startswith("linux"):
         assert info["openmp"], "the CPU kernels were built without OpenMP: they would run on one core"
+
+
+def test_build_without_torch_fails_with_a_message_not_a_traceback():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    # `sys.modules["torch"] = None` makes `import torch` fail as in an environment without torch.
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None\n"
+        "sys.argv = ['setup.py', '--name']\n"
+        "runpy.run_path('setup.py', run_name='__main__')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "PyTorch must be installed before drloss_cuda is built" in out.stderr
+    assert "--no-build-isolation" in out.stderr
+    assert "Traceback" not in out.stderr
