@@ -13,16 +13,20 @@
 None of them imports the compiled extension.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-DEFAULT_POS_LAMBDA = 1.0
-DEFAULT_NEG_LAMBDA = 0.1 / math.log(3.5)
-DEFAULT_L = 6.0
-DEFAULT_TAU = 4.0
-DEFAULT_MARGIN = 0.5
+# Pure-Python parts of the package (neither loads the compiled extension): the defaults, the
+# reduction, the label masks and the group-loss formula are the package's own.
+from drloss_cuda._common import (
+    DEFAULT_L,
+    DEFAULT_MARGIN,
+    DEFAULT_NEG_LAMBDA,
+    DEFAULT_POS_LAMBDA,
+    DEFAULT_TAU,
+    reduce_losses,
+)
+from drloss_cuda.reference import group_masks, loss_from_expectations
 
 
 def _accumulate(logits):
@@ -64,25 +68,13 @@ def dense_masked_dr_loss(
     num_groups, num_anchors, num_classes = logits.shape
     x = _accumulate(logits)
     prob = torch.sigmoid(x)
-    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype) + first_label
-    y = labels.unsqueeze(-1)
-    counted = y >= 0
-    positive = ((y == classes) & counted).reshape(num_groups, -1)
-    negative = ((y != classes) & counted).reshape(num_groups, -1)
+    positive, negative = group_masks(labels, num_classes, first_label)
+    positive = positive.reshape(num_groups, -1)
+    negative = negative.reshape(num_groups, -1)
     prob = prob.reshape(num_groups, -1)
     neg_mean = _masked_expectation(prob, negative, 1.0 / neg_lambda, 0.0)
     pos_mean = _masked_expectation(prob, positive, -1.0 / pos_lambda, 1.0)
-    losses = tau / L * F.softplus(L * (neg_mean - pos_mean + margin))
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return losses.mean() if num_groups > 0 else losses.sum()
-
-
-def _one_hot_targets(labels, num_classes, first_label, dtype):
-    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype) + first_label
-    return (labels.unsqueeze(-1) == classes).to(dtype)
+    return reduce_losses(loss_from_expectations(neg_mean, pos_mean, L, tau, margin), reduction)
 
 
 def sigmoid_focal_loss(logits, labels, *, alpha=0.25, gamma=2.0, first_label=0):
@@ -91,7 +83,7 @@ def sigmoid_focal_loss(logits, labels, *, alpha=0.25, gamma=2.0, first_label=0):
     other value background), the ignored anchors' terms masked out, summed over every element
     and divided by max(1, number of positive anchors), as RetinaNet does."""
     x = _accumulate(logits)
-    targets = _one_hot_targets(labels, logits.shape[-1], first_label, x.dtype)
+    targets = group_masks(labels, logits.shape[-1], first_label)[0].to(x.dtype)
     prob = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
@@ -109,12 +101,7 @@ def sigmoid_focal_loss_direct(logits, labels, *, alpha=0.25, gamma=2.0, first_la
     entries, -(1-alpha) p^gamma log(1-p) on the negative ones (log-sigmoid for stability),
     over the counted anchors only. The check of sigmoid_focal_loss, run in float64."""
     x = logits.double()
-    num_classes = x.shape[-1]
-    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype) + first_label
-    y = labels.unsqueeze(-1)
-    counted = y >= 0
-    positive = (y == classes) & counted
-    negative = (y != classes) & counted
+    positive, negative = group_masks(labels, x.shape[-1], first_label)
     p = torch.sigmoid(x)
     pos_terms = -alpha * (1 - p) ** gamma * F.logsigmoid(x)
     neg_terms = -(1 - alpha) * p**gamma * F.logsigmoid(-x)
