@@ -21,6 +21,8 @@ a training loop once the wiring is known to be right.
 
 import torch
 
+from .reference import group_masks
+
 IGNORE = -1
 
 # torchvision.models.detection._utils.Matcher's codes for unmatched anchors.
@@ -192,9 +194,5 @@ def one_hot_targets(labels, num_classes):
     """(valid [N, A] bool, targets [N, A, C] float) that `labels` (this package's convention)
     stand for: what a sigmoid focal loss over the valid anchors would use. For tests and for
     switching between focal loss and DR loss on the same labels."""
-    valid = labels >= 0
-    positive = valid & (labels < num_classes)
-    column = torch.where(positive, labels, 0).long()
-    targets = torch.zeros(*labels.shape, num_classes, device=labels.device)
-    targets.scatter_(-1, column.unsqueeze(-1), positive.unsqueeze(-1).float())
-    return valid, targets
+    positive, _ = group_masks(labels, num_classes, 0)
+    return labels >= 0, positive.float()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drloss_cuda
-from drloss_cuda import reference
+from drloss_cuda import conventions, reference
 
 CLASSES = ("red square", "green square", "blue disc")
 NUM_CLASSES = len(CLASSES)
@@ -161,13 +161,13 @@ class TinyDetector(nn.Module):
 def focal_loss(logits, labels, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss over the counted anchors, divided by the number of positives (the
     RetinaNet normalization)."""
-    valid = labels >= 0
-    targets = F.one_hot(labels.clamp(min=0), NUM_CLASSES + 1)[..., :NUM_CLASSES].to(logits.dtype)
+    valid, targets = conventions.one_hot_targets(labels, NUM_CLASSES)
+    targets = targets.to(logits.dtype)
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))
-    num_pos = ((labels >= 0) & (labels < NUM_CLASSES)).sum().clamp(min=1)
+    num_pos = targets.sum().clamp(min=1)
     return (loss * valid[..., None]).sum() / num_pos
 
 
