@@ -9,6 +9,8 @@ torch.export trace the ops without running them, and the autograd formula of the
 
 import torch
 
+from ._common import accumulate_dtype
+
 try:
     from . import _C  # noqa: F401  (importing it registers the ops)
 except ImportError as error:  # pragma: no cover - depends on the install
@@ -29,16 +31,12 @@ def build_info():
     return _C.build_info()
 
 
-def _accumulate_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake("drloss_cuda::sigmoid_dr_loss_forward")
 def _forward_fake(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label):
     torch._check(logits.dim() in (2, 3), lambda: "sigmoid_dr_loss: logits must be [N, A, C] or [M, C]")
     torch._check(labels.shape == logits.shape[:-1], lambda: "sigmoid_dr_loss: labels must be logits' shape without C")
     groups = logits.shape[0] if logits.dim() == 3 else 1
-    acc = _accumulate_dtype(logits.dtype)
+    acc = accumulate_dtype(logits.dtype)
     return logits.new_empty((groups,), dtype=acc), logits.new_empty((groups, NUM_STATS), dtype=acc)
 
 
