@@ -29,12 +29,33 @@ std::string shape_string(at::IntArrayRef sizes) {
   return out.str();
 }
 
+// Python's name of a dtype ("torch.float32"), so that these messages read like the Python
+// checks of drloss_cuda/_common.py, which say the same words.
+std::string dtype_name(at::ScalarType type) {
+  return "torch." + std::string(c10::getDtypeNames(type).first);
+}
+
+// The smallest softmax temperature accepted (MIN_LAMBDA in drloss_cuda/_common.py, where the
+// reason is written down): an exponent scale 1/lambda above 1e4 makes the softmax a max to
+// float32 precision.
+constexpr double kMinLambda = 1e-4;
+
 void check_hyperparameters(const LossOptions& o) {
-  const std::pair<const char*, double> positive[] = {
-      {"pos_lambda", o.pos_lambda}, {"neg_lambda", o.neg_lambda}, {"L", o.L}, {"tau", o.tau}};
-  for (const auto& [name, value] : positive) {
+  struct Positive {
+    const char* name;
+    double value;
+    double minimum;
+  };
+  const Positive positive[] = {{"pos_lambda", o.pos_lambda, kMinLambda},
+                               {"neg_lambda", o.neg_lambda, kMinLambda},
+                               {"L", o.L, 0.0},
+                               {"tau", o.tau, 0.0}};
+  for (const auto& [name, value, minimum] : positive) {
     TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, "sigmoid_dr_loss: ", name,
                       " must be a positive finite number, got ", value);
+    TORCH_CHECK_VALUE(value >= minimum, "sigmoid_dr_loss: ", name, " must be >= ", minimum,
+                      " (an exponent scale 1/", name, " above ", 1.0 / minimum,
+                      " makes the softmax a max to float32 precision), got ", value);
   }
   TORCH_CHECK_VALUE(o.first_label >= 0, "sigmoid_dr_loss: first_label must be >= 0 (negative ",
                     "labels mean 'ignore'), got ", o.first_label);
@@ -65,10 +86,10 @@ Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
   TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
                   type == at::kBFloat16,
               "sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got ",
-              type);
+              dtype_name(type));
   TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
               "sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got ",
-              labels.scalar_type());
+              dtype_name(labels.scalar_type()));
   const auto leading = logits.sizes().slice(0, logits.dim() - 1);
   TORCH_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
               shape_string(leading), " (logits' shape without the class dimension), got ",
@@ -88,15 +109,17 @@ Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& log
   const auto acc = accumulate_type(logits.scalar_type());
   TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == problem.groups &&
                   grad_losses.scalar_type() == acc && grad_losses.device() == logits.device(),
-              "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ", acc,
-              " tensor on ", logits.device(), ", got ", shape_string(grad_losses.sizes()), " ",
-              grad_losses.scalar_type(), " on ", grad_losses.device());
+              "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ",
+              dtype_name(acc), " tensor on ", logits.device(), ", got ",
+              shape_string(grad_losses.sizes()), " ", dtype_name(grad_losses.scalar_type()),
+              " on ", grad_losses.device());
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == problem.groups &&
                   stats.size(1) == kNumStats && stats.scalar_type() == acc &&
                   stats.device() == logits.device(),
               "sigmoid_dr_loss_backward: stats must be the forward's [", problem.groups, ", ",
-              kNumStats, "] ", acc, " tensor on ", logits.device(), ", got ",
-              shape_string(stats.sizes()), " ", stats.scalar_type(), " on ", stats.device());
+              kNumStats, "] ", dtype_name(acc), " tensor on ", logits.device(), ", got ",
+              shape_string(stats.sizes()), " ", dtype_name(stats.scalar_type()), " on ",
+              stats.device());
   return problem;
 }
 

@@ -7,7 +7,7 @@ without the compiled extension; the fused names load the extension on first use.
 """
 
 from . import reference
-from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU, MIN_LAMBDA
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_L",
     "DEFAULT_TAU",
     "DEFAULT_MARGIN",
+    "MIN_LAMBDA",
 ]
 
 _FUSED = {

@@ -1,6 +1,13 @@
-"""Defaults and the pieces of argument handling shared by the fused op and the reference."""
+"""Defaults and the argument handling shared by the fused op, its fake kernels and the reference.
+
+Every message here has a twin in csrc/ops.cpp (the checks of the compiled op): a call fails with
+the same words whichever path sees it first (the public function, the C++ op, the fake kernel
+under torch.compile or on the meta device, or the reference).
+"""
 
 import math
+import numbers
+import operator
 
 import torch
 
@@ -11,10 +18,74 @@ DEFAULT_L = 6.0
 DEFAULT_TAU = 4.0
 DEFAULT_MARGIN = 0.5
 
+# The smallest softmax temperature accepted (kMinLambda in csrc/ops.cpp). Below it the exponent
+# scale 1/lambda exceeds 1e4: the float32 rounding of p (6e-8) then moves an exponent by more
+# than 6e-4, the softmax is a max to float32 precision and its float32 gradient loses its
+# meaning. Up to it the kernels match a float64 evaluation (tests/test_properties.py).
+MIN_LAMBDA = 1e-4
+
+# Labels are int64 in the kernels and first_label is compared with them.
+MAX_FIRST_LABEL = 2**63 - 1
+
 REDUCTIONS = ("mean", "sum", "none")
 
-# Label types the kernels read directly; other integer types are widened to int64.
+# Label types the kernels read directly; the other integer types that fit int64 are widened.
 KERNEL_LABEL_TYPES = (torch.int64, torch.int32)
+WIDENED_LABEL_TYPES = (torch.int8, torch.int16, torch.uint8, torch.uint16, torch.uint32)
+LOGITS_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+POSITIVE_HYPERPARAMETERS = ("pos_lambda", "neg_lambda", "L", "tau")
+LAMBDAS = ("pos_lambda", "neg_lambda")
+
+
+# --- messages shared with csrc/ops.cpp -------------------------------------------------------
+
+
+def shape_text(shape):
+    return str([int(s) if isinstance(s, int) else s for s in shape])
+
+
+def rank_message(logits):
+    return (
+        "sigmoid_dr_loss: logits must have shape [N, A, C] (one group per image) or [M, C] "
+        f"(one pooled group), got {shape_text(logits.shape)}"
+    )
+
+
+def logits_dtype_message(logits):
+    return f"sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got {logits.dtype}"
+
+
+def kernel_labels_dtype_message(labels):
+    return f"sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got {labels.dtype}"
+
+
+def labels_shape_message(logits, labels):
+    return (
+        f"sigmoid_dr_loss: labels must have shape {shape_text(logits.shape[:-1])} (logits' shape "
+        f"without the class dimension), got {shape_text(labels.shape)}"
+    )
+
+
+def device_message(logits, labels):
+    return f"sigmoid_dr_loss: labels must be on the same device as logits ({logits.device}), got {labels.device}"
+
+
+def grad_losses_message(groups, acc, logits, grad_losses):
+    return (
+        f"sigmoid_dr_loss_backward: grad_losses must be a [{groups}] {acc} tensor on {logits.device}, got "
+        f"{shape_text(grad_losses.shape)} {grad_losses.dtype} on {grad_losses.device}"
+    )
+
+
+def stats_message(groups, num_stats, acc, logits, stats):
+    return (
+        f"sigmoid_dr_loss_backward: stats must be the forward's [{groups}, {num_stats}] {acc} tensor on "
+        f"{logits.device}, got {shape_text(stats.shape)} {stats.dtype} on {stats.device}"
+    )
+
+
+# --- arguments --------------------------------------------------------------------------------
 
 
 def check_reduction(reduction):
@@ -27,14 +98,116 @@ def check_is_tensor(name, value):
         raise TypeError(f"sigmoid_dr_loss: {name} must be a torch.Tensor, got {type(value).__name__}")
 
 
-def as_kernel_labels(labels):
-    """int64/int32 labels pass through; other integer types become int64; the rest is left
-    for the op to reject with a message that names `labels`."""
-    if labels.dtype in KERNEL_LABEL_TYPES or labels.dtype.is_floating_point:
+def _scalar_tensor(name, value, kind):
+    """The checks of a hyperparameter given as a tensor: 0-dim, no grad."""
+    if value.requires_grad:
+        raise ValueError(
+            f"sigmoid_dr_loss: {name} is a tensor that requires grad, but the loss is not "
+            f"differentiated with respect to its hyperparameters: pass a number or {name}.detach()"
+        )
+    if value.dim() != 0:
+        raise ValueError(f"sigmoid_dr_loss: {name} must be {kind} or a 0-dim tensor, got a tensor of shape {shape_text(value.shape)}")
+
+
+def as_float_hyperparameter(name, value):
+    """A real number (Python, numpy, or a 0-dim real tensor without grad) as a Python float."""
+    if isinstance(value, torch.Tensor):
+        _scalar_tensor(name, value, "a real number")
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"sigmoid_dr_loss: {name} must be a real number, got a {value.dtype} tensor")
+        return float(value)  # a host sync for a CUDA tensor
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
+        raise TypeError(f"sigmoid_dr_loss: {name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def as_first_label(value):
+    """first_label as a Python int: an int, a numpy integer or a 0-dim integer tensor. Floats,
+    strings and bools are refused rather than rounded or reinterpreted."""
+    if isinstance(value, torch.Tensor):
+        _scalar_tensor("first_label", value, "an integer")
+        if value.dtype.is_floating_point or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"sigmoid_dr_loss: first_label must be an integer, got a {value.dtype} tensor")
+        value = value.item()
+    if isinstance(value, bool):
+        raise TypeError("sigmoid_dr_loss: first_label must be an integer, got bool")
+    try:
+        index = operator.index(value)
+    except TypeError:
+        raise TypeError(f"sigmoid_dr_loss: first_label must be an integer, got {type(value).__name__} {value!r}") from None
+    return index
+
+
+def check_first_label(first_label):
+    if first_label < 0:
+        raise ValueError(f"sigmoid_dr_loss: first_label must be >= 0 (negative labels mean 'ignore'), got {first_label}")
+    if first_label > MAX_FIRST_LABEL:
+        raise ValueError(f"sigmoid_dr_loss: first_label must be <= 2**63 - 1 (labels are int64), got {first_label}")
+
+
+def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_label):
+    """The value checks of csrc/ops.cpp's check_hyperparameters, in the same order and words.
+    (Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float;
+    every comparison with NaN is false.)"""
+    for name, value in zip(POSITIVE_HYPERPARAMETERS, (pos_lambda, neg_lambda, L, tau)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"sigmoid_dr_loss: {name} must be a positive finite number, got {value:g}")
+        if name in LAMBDAS and value < MIN_LAMBDA:
+            raise ValueError(
+                f"sigmoid_dr_loss: {name} must be >= {MIN_LAMBDA:g} (an exponent scale 1/{name} "
+                f"above {1 / MIN_LAMBDA:g} makes the softmax a max to float32 precision), got {value:g}"
+            )
+    check_first_label(first_label)
+    if not -math.inf < margin < math.inf:
+        raise ValueError(f"sigmoid_dr_loss: margin must be a finite number, got {margin:g}")
+
+
+def hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label):
+    """Checks the hyperparameters and returns them as the op takes them: five floats and an int."""
+    floats = tuple(
+        as_float_hyperparameter(name, value)
+        for name, value in zip(POSITIVE_HYPERPARAMETERS + ("margin",), (pos_lambda, neg_lambda, L, tau, margin))
+    )
+    first = as_first_label(first_label)
+    check_hyperparameter_values(*floats, first)
+    return floats + (first,)
+
+
+def kernel_labels(labels):
+    """Labels in a type the kernels read: int64/int32 as they are; int8, int16, uint8, uint16 and
+    uint32 widened to int64 (every value fits). uint64 is refused: a value >= 2**63 would wrap to
+    a negative int64, which means "ignore", so the conversion is left to the caller."""
+    dtype = labels.dtype
+    if dtype in KERNEL_LABEL_TYPES:
         return labels
-    if labels.dtype in (torch.int8, torch.int16, torch.uint8):
+    if dtype in WIDENED_LABEL_TYPES:
         return labels.long()
-    return labels
+    if dtype == torch.uint64:
+        raise RuntimeError(
+            "sigmoid_dr_loss: labels of type torch.uint64 are not accepted: values >= 2**63 do not fit "
+            "int64 (where a negative label means 'ignore'); convert them with labels.long() if every "
+            "value is below 2**63"
+        )
+    raise RuntimeError(f"sigmoid_dr_loss: labels must be an integer tensor, got {dtype}")
+
+
+def check_same_device(logits, labels):
+    if labels.device != logits.device:
+        raise RuntimeError(device_message(logits, labels))
+
+
+def check_logits_and_labels(logits, labels):
+    """The rank, dtype and shape checks of the forward op (csrc/ops.cpp check_forward_args), for
+    code that does not go through the op. Labels are expected to be kernel labels."""
+    if logits.dim() not in (2, 3):
+        raise RuntimeError(rank_message(logits))
+    if logits.dtype not in LOGITS_TYPES:
+        raise RuntimeError(logits_dtype_message(logits))
+    if labels.dtype not in KERNEL_LABEL_TYPES:
+        raise RuntimeError(kernel_labels_dtype_message(labels))
+    if labels.shape != logits.shape[:-1]:
+        raise RuntimeError(labels_shape_message(logits, labels))
+    check_same_device(logits, labels)
 
 
 def accumulate_dtype(dtype):

@@ -30,14 +30,19 @@ def sigmoid_dr_loss(
     Args:
         logits: float32/float64/float16/bfloat16 tensor, [N, A, C] (one loss per image: N
             groups of A anchors and C classes) or [M, C] (one loss pooled over all M anchors).
-        labels: integer tensor of shape logits.shape[:-1]. A label < 0 ignores the anchor;
+        labels: integer tensor of shape logits.shape[:-1] (int64 or int32; int8, int16, uint8,
+            uint16 and uint32 are widened to int64; uint64 is refused). A label < 0 ignores the anchor;
             first_label <= label < first_label + C makes class column label - first_label
             positive (the other columns negative); any other label marks background (all C
             columns negative).
-        pos_lambda, neg_lambda: softmax temperatures of the positives and negatives (> 0).
-        L, tau: smoothing and scale of the loss (> 0); margin: the ranking margin.
+        pos_lambda, neg_lambda: softmax temperatures of the positives and negatives
+            (>= drloss_cuda.MIN_LAMBDA = 1e-4).
+        L, tau: smoothing and scale of the loss (> 0); margin: the ranking margin. Each
+            hyperparameter is a number or a 0-dim tensor that does not require grad (the loss
+            is not differentiated with respect to them).
         first_label: the label of class column 0 (0: mmdetection/detectron2, background = C;
-            1: the official code, background = 0). Must be >= 0.
+            1: the official code, background = 0). An integer in [0, 2**63 - 1] (a Python or
+            numpy integer, or a 0-dim integer tensor; floats and bools are refused).
         reduction: "mean" over groups, "sum", or "none" for the [N] per-group losses
             ([1] for pooled [M, C] logits). The mean over zero groups is 0.
         process_group: None (default): the loss of this process's logits alone. A
@@ -53,8 +58,14 @@ def sigmoid_dr_loss(
     _common.check_is_tensor("logits", logits)
     _common.check_is_tensor("labels", labels)
     _common.check_reduction(reduction)
-    labels = _common.as_kernel_labels(labels)
-    hyper = (float(pos_lambda), float(neg_lambda), float(L), float(tau), float(margin), int(first_label))
+    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    labels = _common.kernel_labels(labels)
+    _common.check_same_device(logits, labels)
+    # One copy per call chain: the op receives (and autograd saves) contiguous tensors, so the
+    # backward reads what the forward read and copies nothing. The copy is differentiable, so a
+    # transposed, sliced or expanded `logits` still gets its gradient in its own layout.
+    logits = logits.contiguous()
+    labels = labels.contiguous()
     if process_group is not None:
         from .distributed import pooled_sigmoid_dr_loss
 

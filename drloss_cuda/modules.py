@@ -3,7 +3,7 @@
 from torch import nn
 
 from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
-from ._common import check_reduction
+from ._common import check_reduction, hyperparameters
 from .functional import sigmoid_dr_loss
 
 
@@ -25,6 +25,8 @@ class SigmoidDRLoss(nn.Module):
     ):
         super().__init__()
         check_reduction(reduction)
+        # Fail at construction, not at the first training step (every call checks again).
+        hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
         self.pos_lambda = pos_lambda
         self.neg_lambda = neg_lambda
         self.L = L

@@ -9,7 +9,7 @@ torch.export trace the ops without running them, and the autograd formula of the
 
 import torch
 
-from ._common import accumulate_dtype
+from . import _common
 
 try:
     from . import _C  # noqa: F401  (importing it registers the ops)
@@ -31,17 +31,43 @@ def build_info():
     return _C.build_info()
 
 
+def _check_forward_args(logits, labels, hyper):
+    """csrc/ops.cpp's check_forward_args, with its messages, for the fake kernels: on the meta
+    device and under torch.compile the C++ checks never run."""
+    torch._check(logits.dim() in (2, 3), lambda: _common.rank_message(logits))
+    torch._check(logits.dtype in _common.LOGITS_TYPES, lambda: _common.logits_dtype_message(logits))
+    torch._check(labels.dtype in _common.KERNEL_LABEL_TYPES, lambda: _common.kernel_labels_dtype_message(labels))
+    torch._check(labels.shape == logits.shape[:-1], lambda: _common.labels_shape_message(logits, labels))
+    torch._check(labels.device == logits.device, lambda: _common.device_message(logits, labels))
+    _common.check_hyperparameter_values(*hyper)
+    return logits.shape[0] if logits.dim() == 3 else 1
+
+
 @torch.library.register_fake("drloss_cuda::sigmoid_dr_loss_forward")
-def _forward_fake(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label):
-    torch._check(logits.dim() in (2, 3), lambda: "sigmoid_dr_loss: logits must be [N, A, C] or [M, C]")
-    torch._check(labels.shape == logits.shape[:-1], lambda: "sigmoid_dr_loss: labels must be logits' shape without C")
-    groups = logits.shape[0] if logits.dim() == 3 else 1
-    acc = accumulate_dtype(logits.dtype)
+def _forward_fake(logits, labels, *hyper):
+    groups = _check_forward_args(logits, labels, hyper)
+    acc = _common.accumulate_dtype(logits.dtype)
     return logits.new_empty((groups,), dtype=acc), logits.new_empty((groups, NUM_STATS), dtype=acc)
 
 
 @torch.library.register_fake("drloss_cuda::sigmoid_dr_loss_backward")
-def _backward_fake(grad_losses, logits, labels, stats, pos_lambda, neg_lambda, L, tau, margin, first_label):
+def _backward_fake(grad_losses, logits, labels, stats, *hyper):
+    groups = _check_forward_args(logits, labels, hyper)
+    acc = _common.accumulate_dtype(logits.dtype)
+    torch._check(
+        grad_losses.dim() == 1
+        and grad_losses.shape[0] == groups
+        and grad_losses.dtype == acc
+        and grad_losses.device == logits.device,
+        lambda: _common.grad_losses_message(groups, acc, logits, grad_losses),
+    )
+    torch._check(
+        stats.dim() == 2
+        and stats.shape == (groups, NUM_STATS)
+        and stats.dtype == acc
+        and stats.device == logits.device,
+        lambda: _common.stats_message(groups, NUM_STATS, acc, logits, stats),
+    )
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 

@@ -71,21 +71,13 @@ def sigmoid_dr_loss(
     _common.check_is_tensor("logits", logits)
     _common.check_is_tensor("labels", labels)
     _common.check_reduction(reduction)
-    if logits.dim() not in (2, 3):
-        raise ValueError(f"sigmoid_dr_loss: logits must have shape [N, A, C] or [M, C], got {list(logits.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"sigmoid_dr_loss: labels must be an integer tensor, got {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"sigmoid_dr_loss: labels must have shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
-    for name, value in (("pos_lambda", pos_lambda), ("neg_lambda", neg_lambda), ("L", L), ("tau", tau)):
-        if not value > 0:
-            raise ValueError(f"sigmoid_dr_loss: {name} must be positive, got {value}")
-    if first_label < 0:
-        raise ValueError(f"sigmoid_dr_loss: first_label must be >= 0, got {first_label}")
+    # The fused function's argument decisions, with its messages (drloss_cuda/_common.py).
+    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    labels = _common.kernel_labels(labels)
+    _common.check_logits_and_labels(logits, labels)
 
     x = logits.to(_common.accumulate_dtype(logits.dtype))
     labels = labels.long()
-    hyper = (pos_lambda, neg_lambda, L, tau, margin, first_label)
     if x.dim() == 2:
         losses = group_loss(x, labels, *hyper).reshape(1)
     elif x.shape[0] == 0:
