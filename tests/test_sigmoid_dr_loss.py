@@ -9,13 +9,18 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import drloss_cuda
+import drloss_cuda.ops
+from conftest import DEVICES
 from drloss_cuda import SigmoidDRLoss, reference, sigmoid_dr_loss
+from tolerances import assert_grad_close, assert_half_grad_close, assert_loss_close, dense_float64
 
 DEFAULTS = dict(pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, tau=4.0, margin=0.5)
+HYPER_NAMES = ("pos_lambda", "neg_lambda", "L", "tau", "margin", "first_label")
 
 
 @pytest.fixture(autouse=True)
@@ -50,13 +55,29 @@ def reference_float64(logits, labels, grad_weights=None, **kwargs):
     return loss, grad
 
 
-def assert_matches_float64(logits, labels, loss_rtol, grad_rtol, grad_weights=None, **kwargs):
+def full_hyper(kwargs):
+    """Every hyperparameter of a call, defaults filled in."""
+    return {name: kwargs.get(name, DEFAULTS.get(name, 0)) for name in HYPER_NAMES}
+
+
+def upstream_per_group(logits, reduction, grad_weights):
+    """d(objective)/d(per-group loss) of loss_and_grad's objective."""
+    groups = logits.shape[0] if logits.dim() == 3 else 1
+    g = torch.ones(groups, dtype=torch.float64) if grad_weights is None else grad_weights.double().cpu()
+    return g / groups if reduction == "mean" else g
+
+
+def assert_matches_float64(logits, labels, grad_weights=None, **kwargs):
+    """The fused loss and gradient against the reference in float64: the loss to the documented
+    relative accuracy, the gradient element by element (tests/tolerances.py says why and how)."""
     loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, grad_weights, **kwargs)
     ref_loss, ref_grad = reference_float64(logits, labels, grad_weights, **kwargs)
     assert grad.dtype == logits.dtype and grad.shape == logits.shape
-    torch.testing.assert_close(loss.double(), ref_loss, rtol=loss_rtol, atol=loss_rtol * ref_loss.abs().max().item())
-    scale = ref_grad.abs().max().item() if ref_grad.numel() else 0.0
-    torch.testing.assert_close(grad.double(), ref_grad, rtol=grad_rtol, atol=grad_rtol * scale)
+    hyper = full_hyper(kwargs)
+    g = upstream_per_group(logits, kwargs.get("reduction", "mean"), grad_weights)
+    bound = dense_float64(logits, labels, **hyper, grad_losses=g).bound
+    assert_loss_close(loss, ref_loss, logits.dtype, hyper["L"])
+    assert_grad_close(grad, ref_grad, logits.dtype, bound)
     return loss, grad
 
 
@@ -75,19 +96,19 @@ SHAPES = [
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_float32_matches_float64_reference(device, generator, shape, first_label, reduction):
     logits, labels = make_inputs(shape, device, first_label=first_label)
-    assert_matches_float64(logits, labels, 1e-6, 1e-5, first_label=first_label, reduction=reduction)
+    assert_matches_float64(logits, labels, first_label=first_label, reduction=reduction)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_float64_matches_reference_to_rounding(device, generator, shape):
     logits, labels = make_inputs(shape, device, dtype=torch.float64)
-    assert_matches_float64(logits, labels, 1e-12, 1e-10, reduction="none")
+    assert_matches_float64(logits, labels, reduction="none")
 
 
 def test_float32_detection_scale_matches_float64(device, generator):
     # 2 x 4000 x 80 = 640,000 entries: many chunks / blocks per group merged in order.
     logits, labels = make_inputs((2, 4000, 80), device, bg_frac=0.9)
-    assert_matches_float64(logits, labels, 1e-6, 1e-5, reduction="none")
+    assert_matches_float64(logits, labels, reduction="none")
 
 
 @pytest.mark.parametrize(
@@ -96,19 +117,20 @@ def test_float32_detection_scale_matches_float64(device, generator):
         dict(pos_lambda=0.001, neg_lambda=0.001),  # exponents up to 1000: a naive softmax overflows
         dict(pos_lambda=5.0, neg_lambda=2.0, L=1.0, tau=0.5, margin=0.0),
         dict(pos_lambda=0.3, neg_lambda=0.05, L=20.0, tau=10.0, margin=-0.3),
+        dict(pos_lambda=drloss_cuda.MIN_LAMBDA, neg_lambda=drloss_cuda.MIN_LAMBDA),  # exponents up to 1e4
     ],
-    ids=["lambda0.001", "soft", "sharp"],
+    ids=["lambda0.001", "soft", "sharp", "min_lambda"],
 )
 def test_non_default_hyperparameters(device, generator, hyper):
     logits, labels = make_inputs((2, 200, 11), device)
-    loss, _ = assert_matches_float64(logits, labels, 1e-5, 1e-4, reduction="none", **hyper)
+    loss, _ = assert_matches_float64(logits, labels, reduction="none", **hyper)
     assert torch.isfinite(loss).all()
 
 
 def test_extreme_logits(device, generator):
     logits, labels = make_inputs((2, 100, 6), device)
     logits = torch.where(torch.rand_like(logits) < 0.5, -50.0, 50.0) * torch.rand_like(logits).add(0.9)
-    loss, grad = assert_matches_float64(logits, labels, 1e-6, 1e-5, reduction="none")
+    loss, grad = assert_matches_float64(logits, labels, reduction="none")
     assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
 
 
@@ -116,12 +138,14 @@ def test_extreme_logits(device, generator):
 def test_half_precision_against_float32(device, generator, dtype):
     logits, labels = make_inputs((2, 300, 20), device, dtype=dtype)
     loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
-    # Same (rounded) inputs in float32: the kernels accumulate in float32 either way.
-    loss32, grad32 = loss_and_grad(sigmoid_dr_loss, logits.float(), labels, reduction="none")
     assert loss.dtype == torch.float32 and grad.dtype == dtype
-    torch.testing.assert_close(loss, loss32, rtol=1e-5, atol=1e-6)
-    eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(grad.float(), grad32, rtol=2 * eps, atol=2 * eps * grad32.abs().max().item())
+    # float32 holds the rounded logits exactly, and the kernels compute in float32 either way:
+    # the loss is the float32 loss of these logits, and the gradient is the float32 run's
+    # gradient rounded once to `dtype` (which itself matches float64 element by element).
+    ref_loss, _ = reference_float64(logits, labels, reduction="none")
+    assert_loss_close(loss, ref_loss, dtype)
+    _, grad32 = assert_matches_float64(logits.float(), labels, reduction="none")
+    assert_half_grad_close(grad, grad32, dtype)
 
 
 def test_gradcheck_float64(device, generator):
@@ -139,7 +163,97 @@ def test_gradcheck_float64(device, generator):
 def test_upstream_gradient_other_than_one(device, generator):
     logits, labels = make_inputs((3, 40, 5), device)
     weights = torch.randn(3, device=device)
-    assert_matches_float64(logits, labels, 1e-6, 1e-5, grad_weights=weights, reduction="none")
+    assert_matches_float64(logits, labels, grad_weights=weights, reduction="none")
+
+
+def mixed_labels(mix, shape, C, first_label=0):
+    """Labels [shape] of one kind of mix (first_label convention; background = first_label + C)."""
+    background = first_label + C
+    classes = torch.randint(first_label, first_label + C, shape)
+    u = torch.rand(shape)
+    if mix == "dense_positives":  # every anchor a positive
+        return classes
+    if mix == "sparse_positives":  # about 1% positives, the rest background
+        return torch.where(u < 0.01, classes, background)
+    if mix == "no_positives":  # background and ignored
+        return torch.where(u < 0.3, -1, background)
+    if mix == "all_background":
+        return torch.full(shape, background)
+    if mix == "all_ignored":
+        return torch.full(shape, -1)
+    return torch.where(u < 0.1, -1, torch.where(u < 0.5, background, classes))  # "mixed"
+
+
+LABEL_MIXES = ["dense_positives", "sparse_positives", "no_positives", "all_background", "all_ignored", "mixed"]
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["per_image", "pooled"])
+@pytest.mark.parametrize("mix", LABEL_MIXES)
+@pytest.mark.parametrize("C", [1, 2, 5, 80])
+def test_float32_loss_for_every_label_mix(device, generator, C, mix, pooled):
+    """The loss within 1e-6 relative of float64 (and the gradient element by element) whatever
+    the labels: about 8,000 entries per group, from one class up."""
+    A = max(8192 // C, 4)
+    logits = torch.randn(2, A, C, dtype=torch.float64) * 3
+    labels = mixed_labels(mix, (2, A), C)
+    if pooled:
+        logits, labels = logits.reshape(-1, C), labels.reshape(-1)
+    assert_matches_float64(logits.float().to(device), labels.to(device), reduction="none")
+
+
+@pytest.mark.parametrize("shape", [(2048, 1), (4, 512, 1), (4096, 3)], ids=lambda s: "x".join(map(str, s)))
+def test_float32_loss_of_many_equal_positives(device, shape):
+    """Thousands of equal terms in one softmax (all positives at the same logit): their sum must
+    not drift in float32 (a float32 running sum of 2048 equal terms is 1.4e-4 off)."""
+    logits = torch.full(shape, 2.0, device=device)
+    labels = torch.zeros(shape[:-1], dtype=torch.long, device=device)
+    assert_matches_float64(logits, labels, reduction="none")
+
+
+# --- the checker itself ------------------------------------------------------------------------
+
+
+def _kernel_and_float64(shape, generator, **kwargs):
+    logits, labels = make_inputs(shape, "cpu", **kwargs)
+    _, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
+    _, ref_grad = reference_float64(logits, labels, reduction="none")
+    bound = dense_float64(logits, labels, **full_hyper({})).bound
+    assert_grad_close(grad, ref_grad, torch.float32, bound)  # the real kernel passes
+    return logits, labels, grad, ref_grad, bound
+
+
+def test_checker_rejects_zeroed_negatives(generator):
+    """A kernel that drops every negative with x < -1 (p < 0.27, tiny softmax weights) is caught,
+    although the former check, rtol * max|grad|, let it pass at detection scale."""
+    logits, labels, grad, ref_grad, bound = _kernel_and_float64((2, 4000, 80), generator, bg_frac=0.9)
+    negative = torch.stack([reference.group_masks(labels[n], 80, 0)[1] for n in range(2)])
+    wrong = torch.where(negative & (logits < -1), 0.0, grad)
+    assert (wrong != grad).sum() > 100
+    torch.testing.assert_close(wrong.double(), ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+    with pytest.raises(AssertionError, match="outside their bound"):
+        assert_grad_close(wrong, ref_grad, torch.float32, bound)
+
+
+def test_checker_rejects_one_perturbed_element(generator):
+    """One element off by 1e-3 of itself is caught, even the smallest one of the gradient (among
+    the elements whose factor 1 + s (p - E) does not cancel, whose bound is their own rounding)."""
+    logits, labels, grad, ref_grad, bound = _kernel_and_float64((2, 300, 20), generator)
+    ordinary = (ref_grad != 0) & (bound.scale < 100 * ref_grad.abs())
+    magnitude = torch.where(ordinary, ref_grad.abs(), math.inf).reshape(-1)
+    smallest = int(magnitude.argmin())
+    assert magnitude[smallest] < 1e-6 * ref_grad.abs().max()  # far below the largest entry
+    for index in (smallest, int(torch.nonzero(ordinary.reshape(-1))[0])):
+        wrong = grad.clone().reshape(-1)
+        wrong[index] *= 1 + 1e-3
+        with pytest.raises(AssertionError, match="outside their bound"):
+            assert_grad_close(wrong.reshape(grad.shape), ref_grad, torch.float32, bound)
+
+
+def test_checker_rejects_a_loss_off_by_2e_6():
+    want = torch.tensor([1.5, 0.25], dtype=torch.float64)
+    assert_loss_close(want.float(), want, torch.float32)
+    with pytest.raises(AssertionError, match="relative"):
+        assert_loss_close(want * (1 + 2e-6), want, torch.float32)
 
 
 def expected_loss(e_neg, e_pos, L=DEFAULTS["L"], tau=DEFAULTS["tau"], margin=DEFAULTS["margin"]):
@@ -163,7 +277,7 @@ def test_all_equal_probabilities_give_the_papers_value(device):
 def test_no_positives(device, generator):
     logits, labels = make_inputs((2, 30, 4), device)
     labels = torch.where(labels >= 0, 4, labels)  # every counted anchor is background
-    loss, grad = assert_matches_float64(logits, labels, 1e-6, 1e-5, reduction="none")
+    loss, grad = assert_matches_float64(logits, labels, reduction="none")
     # E_pos = 1 by convention: check against the formula with the negatives' expectation.
     p = torch.sigmoid(logits.double().cpu())
     for n in range(2):
@@ -176,7 +290,7 @@ def test_no_negatives(device, generator):
     # C = 1 and every anchor labelled with the one class: all entries positive, E_neg = 0.
     logits = torch.randn(2, 25, 1, device=device)
     labels = torch.zeros(2, 25, dtype=torch.long, device=device)
-    loss, _ = assert_matches_float64(logits, labels, 1e-6, 1e-5, reduction="none")
+    loss, _ = assert_matches_float64(logits, labels, reduction="none")
     p = torch.sigmoid(logits.double().cpu()).reshape(2, -1)
     for n in range(2):
         r = torch.softmax(-p[n] / DEFAULTS["pos_lambda"], 0)
@@ -240,7 +354,7 @@ def test_nan_in_ignored_anchor_is_ignored(device, generator):
     ref_loss, ref_grad = loss_and_grad(sigmoid_dr_loss, clean, labels, reduction="none")
     assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
     assert torch.equal(grad[1, 5], torch.zeros_like(grad[1, 5]))
-    assert_matches_float64(clean, labels, 1e-6, 1e-5, reduction="none")
+    assert_matches_float64(clean, labels, reduction="none")
 
 
 def test_labels_outside_class_range_are_background(device, generator):
@@ -265,26 +379,86 @@ def test_label_conventions_agree(device, generator):
     )
 
 
-@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
-def test_label_dtypes(device, generator, label_dtype):
-    logits, labels = make_inputs((2, 30, 5), device, ignore_frac=0.0 if label_dtype == torch.uint8 else 0.1)
-    expected = sigmoid_dr_loss(logits, labels, reduction="none")
-    torch.testing.assert_close(sigmoid_dr_loss(logits, labels.to(label_dtype), reduction="none"), expected)
+LOSS_FUNCTIONS = [pytest.param(sigmoid_dr_loss, id="fused"), pytest.param(reference.sigmoid_dr_loss, id="reference")]
 
 
-def test_non_contiguous_inputs(device, generator):
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32], ids=str)
+def test_integer_label_types_are_widened(device, generator, loss_fn, label_dtype):
+    # Unsigned types have no -1: their anchors are all counted.
+    unsigned = not label_dtype.is_signed
+    logits, labels = make_inputs((2, 30, 5), device, ignore_frac=0.0 if unsigned else 0.1)
+    expected = loss_fn(logits, labels, reduction="none")
+    torch.testing.assert_close(loss_fn(logits, labels.to(label_dtype), reduction="none"), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+def test_uint64_labels_are_refused(device, loss_fn):
+    # A uint64 label >= 2**63 would wrap to a negative int64, which means "ignore".
+    logits = torch.randn(2, 5, 3, device=device)
+    with pytest.raises(RuntimeError, match="labels of type torch.uint64 are not accepted.*labels.long()"):
+        loss_fn(logits, torch.zeros(2, 5, dtype=torch.uint64, device=device))
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+def test_labels_below_minus_one_are_ignored(device, generator, loss_fn):
+    logits, labels = make_inputs((2, 30, 5), device)
+    far = torch.where(labels < 0, torch.randint(-2**62, -1, labels.shape, device=device), labels)
+    assert (far < -1).any()
+    expected = loss_fn(logits, labels, reduction="none")
+    torch.testing.assert_close(loss_fn(logits, far, reduction="none"), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_non_contiguous_inputs(device, generator, layout):
     logits, labels = make_inputs((2, 40, 6), device)
-    # The same values seen through a transposed ("channels-last"-like) layout.
-    logits_t = logits.transpose(1, 2).contiguous().transpose(1, 2)
-    labels_t = labels.t().contiguous().t()
-    assert not logits_t.is_contiguous() and not labels_t.is_contiguous()
-    loss, grad = loss_and_grad(sigmoid_dr_loss, logits_t, labels_t, reduction="none")
-    ref_loss, ref_grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
-    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
-    # A strided slice of a larger tensor.
-    big = torch.randn(2, 40, 12, device=device)
-    assert_matches_float64(big[:, :, ::2], labels, 1e-6, 1e-5, reduction="none")
+    if layout == "transposed":  # the same values through a transposed ("channels-last"-like) layout
+        view = logits.transpose(1, 2).contiguous().transpose(1, 2)
+        labels_view = labels.t().contiguous().t()
+    elif layout == "sliced":  # a strided slice of a larger tensor
+        big = torch.randn(2, 40, 12, device=device)
+        big[:, :, ::2] = logits
+        view, labels_view = big[:, :, ::2], labels
+    else:  # stride 0: one image's logits and labels repeated
+        logits, labels = logits[:1].expand(2, -1, -1), labels[:1].expand(2, -1)
+        view, labels_view = logits, labels
+        logits, labels = logits.contiguous(), labels.contiguous()
+    assert not view.is_contiguous()
+    loss, grad = loss_and_grad(sigmoid_dr_loss, view, labels_view, reduction="none")
+    want_loss, want_grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
+    assert grad.shape == view.shape
+    torch.testing.assert_close(loss, want_loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
+    assert_matches_float64(view, labels_view, reduction="none")
+
+
+def test_one_contiguous_copy_per_call_chain(device, generator, monkeypatch):
+    """Non-contiguous logits are copied once, by the public function: the op gets (and autograd
+    saves) the contiguous copy, so the backward op reads contiguous tensors and copies nothing."""
+    logits, labels = make_inputs((2, 40, 6), device)
+    x = logits.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+    y = labels.t().contiguous().t()
+    seen = []
+    backward_op = drloss_cuda.ops.backward_op
+
+    def spy(grad_losses, saved_logits, saved_labels, stats, *hyper):
+        seen.append((saved_logits.is_contiguous(), saved_labels.is_contiguous()))
+        return backward_op(grad_losses, saved_logits, saved_labels, stats, *hyper)
+
+    monkeypatch.setattr(drloss_cuda.ops, "backward_op", spy)
+    from torch.profiler import ProfilerActivity, profile
+
+    def logits_copies(prof):
+        return [e for e in prof.events() if e.name == "aten::clone" and e.input_shapes and e.input_shapes[0] == list(x.shape)]
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as forward_prof:
+        loss = sigmoid_dr_loss(x, y)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as backward_prof:
+        loss.backward()
+    assert seen == [(True, True)]
+    assert len(logits_copies(forward_prof)) == 1
+    assert logits_copies(backward_prof) == []
+    assert x.grad.shape == x.shape
 
 
 def test_bitwise_deterministic_across_runs(device, generator):
@@ -391,12 +565,13 @@ def test_rejects_non_positive_hyperparameters(device, name, value):
         SigmoidDRLoss(**{name: value})(logits, labels)
 
 
-def test_rejects_bad_margin_and_first_label(device):
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+def test_rejects_bad_margin_and_first_label(device, loss_fn):
     logits, labels = make_inputs((1, 4, 3), device)
     with pytest.raises(ValueError, match="margin must be a finite number"):
-        sigmoid_dr_loss(logits, labels, margin=float("nan"))
+        loss_fn(logits, labels, margin=float("nan"))
     with pytest.raises(ValueError, match="first_label must be >= 0"):
-        sigmoid_dr_loss(logits, labels, first_label=-1)
+        loss_fn(logits, labels, first_label=-1)
 
 
 def test_rejects_unknown_reduction(device):
@@ -414,15 +589,6 @@ def test_rejects_non_tensors():
         sigmoid_dr_loss(torch.zeros(1, 1), [0])
 
 
-@pytest.mark.cuda
-def test_rejects_devices_that_differ():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU available: the device-mismatch check needs two devices")
-    logits = torch.randn(2, 5, 3, device="cuda")
-    with pytest.raises(RuntimeError, match="labels must be on the same device as logits"):
-        sigmoid_dr_loss(logits, torch.zeros(2, 5, dtype=torch.long))
-
-
 def test_reference_rejects_the_same_bad_input():
     logits = torch.randn(2, 5, 3)
     labels = torch.zeros(2, 5, dtype=torch.long)
@@ -430,10 +596,194 @@ def test_reference_rejects_the_same_bad_input():
         reference.sigmoid_dr_loss(logits, labels, reduction="x")
     with pytest.raises(ValueError, match="neg_lambda"):
         reference.sigmoid_dr_loss(logits, labels, neg_lambda=0)
-    with pytest.raises(ValueError, match="labels must have shape"):
-        reference.sigmoid_dr_loss(logits, labels[:, :2])
-    with pytest.raises(TypeError, match="labels must be an integer tensor"):
-        reference.sigmoid_dr_loss(logits, labels.float())
+    # Tensor properties are RuntimeErrors with the fused op's words.
+    for bad_logits, bad_labels, message in (
+        (torch.randn(3), torch.zeros((), dtype=torch.long), "logits must have shape"),
+        (logits.long(), labels, "logits must be float32, float64, float16 or bfloat16, got torch.int64"),
+        (logits, labels[:, :2], "labels must have shape"),
+        (logits, labels.float(), "labels must be an integer tensor"),
+    ):
+        for loss_fn in (sigmoid_dr_loss, reference.sigmoid_dr_loss):
+            with pytest.raises(RuntimeError, match=message):
+                loss_fn(bad_logits, bad_labels)
+
+
+# --- argument decisions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+@pytest.mark.parametrize(
+    "value",
+    [1.7, 1.0, "1", True, None, np.float64(1.0), torch.tensor(1.0), torch.tensor(True), torch.tensor([1])],
+    ids=["float", "whole_float", "str", "bool", "None", "numpy_float", "float_tensor", "bool_tensor", "1d_tensor"],
+)
+def test_first_label_must_be_an_integer(loss_fn, value):
+    logits, labels = make_inputs((2, 5, 3), "cpu", first_label=1)
+    with pytest.raises((TypeError, ValueError), match="first_label must be an integer"):
+        loss_fn(logits, labels, first_label=value)
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+@pytest.mark.parametrize(
+    "value", [np.int64(1), np.int32(1), torch.tensor(1), torch.tensor(1, dtype=torch.int32)], ids=["np64", "np32", "tensor", "tensor32"]
+)
+def test_first_label_integer_forms_are_accepted(loss_fn, generator, value):
+    logits, labels = make_inputs((2, 5, 3), "cpu", first_label=1)
+    torch.testing.assert_close(loss_fn(logits, labels, first_label=value), loss_fn(logits, labels, first_label=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+def test_first_label_range(loss_fn, generator):
+    logits, labels = make_inputs((2, 6, 3), "cpu")
+    with pytest.raises(ValueError, match=r"first_label must be <= 2\*\*63 - 1 \(labels are int64\), got 9223372036854775808"):
+        loss_fn(logits, labels, first_label=2**63)
+    # The largest first_label: every counted label is background.
+    background = torch.where(labels >= 0, 3, labels)
+    torch.testing.assert_close(
+        loss_fn(logits, labels, first_label=2**63 - 1, reduction="none"), loss_fn(logits, background, reduction="none"), rtol=0, atol=0
+    )
+    # Class columns at the top of the int64 range: label - first_label cannot overflow.
+    top = torch.where(labels.clamp(max=3) >= 0, labels.clamp(max=3) + (2**63 - 4), labels)
+    torch.testing.assert_close(
+        loss_fn(logits, top, first_label=2**63 - 4, reduction="none"), loss_fn(logits, labels, reduction="none"), rtol=0, atol=0
+    )
+
+
+@pytest.mark.parametrize("loss_fn", LOSS_FUNCTIONS)
+@pytest.mark.parametrize("name", ["pos_lambda", "neg_lambda", "L", "tau", "margin"])
+def test_hyperparameter_tensors(device, generator, loss_fn, name):
+    logits, labels = make_inputs((2, 5, 3), device)
+    value = {"margin": 0.3}.get(name, 0.7)
+    # A tensor that requires grad would be silently detached: refused, naming the argument.
+    with pytest.raises(ValueError, match=f"{name} is a tensor that requires grad"):
+        loss_fn(logits, labels, **{name: torch.tensor(value, requires_grad=True)})
+    with pytest.raises(ValueError, match=f"{name} must be a real number or a 0-dim tensor"):
+        loss_fn(logits, labels, **{name: torch.tensor([value])})
+    # A 0-dim tensor without grad, or a numpy float, is the number it holds.
+    want = loss_fn(logits, labels, **{name: value})
+    for form in (torch.tensor(value, dtype=torch.float64), np.float32(value)):
+        torch.testing.assert_close(loss_fn(logits, labels, **{name: form}), want, rtol=0, atol=0)
+    for bad in (True, "0.5", None, torch.tensor(True)):
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            loss_fn(logits, labels, **{name: bad})
+
+
+def test_module_checks_its_arguments_at_construction():
+    with pytest.raises(TypeError, match="first_label must be an integer"):
+        SigmoidDRLoss(first_label=1.7)
+    with pytest.raises(ValueError, match="margin is a tensor that requires grad"):
+        SigmoidDRLoss(margin=torch.tensor(0.5, requires_grad=True))
+    with pytest.raises(ValueError, match="neg_lambda must be >= 0.0001"):
+        SigmoidDRLoss(neg_lambda=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pos_lambda", "neg_lambda"])
+def test_min_lambda_is_one_bound_in_python_and_cpp(name):
+    """Python (public function, reference, fake kernel) and the C++ op refuse the same lambdas:
+    MIN_LAMBDA is accepted and the next float64 below it is not."""
+    from drloss_cuda import _common
+
+    assert drloss_cuda.MIN_LAMBDA == _common.MIN_LAMBDA == 1e-4
+    below = math.nextafter(drloss_cuda.MIN_LAMBDA, 0.0)
+    logits, labels = make_inputs((2, 5, 3), "cpu")
+    message = f"{name} must be >= 0.0001 \\(an exponent scale 1/{name} above 10000"
+    for device in ("cpu", "meta"):  # the C++ op, then its fake kernel
+        x, y = logits.to(device), labels.to(device)
+        hyper = dict(pos_lambda=1.0, neg_lambda=0.1, L=6.0, tau=4.0, margin=0.5, first_label=0)
+        drloss_cuda.ops.forward_op(x, y, *{**hyper, name: drloss_cuda.MIN_LAMBDA}.values())
+        with pytest.raises(ValueError, match=message):
+            drloss_cuda.ops.forward_op(x, y, *{**hyper, name: below}.values())
+    for loss_fn in (sigmoid_dr_loss, reference.sigmoid_dr_loss):
+        loss_fn(logits, labels, **{name: drloss_cuda.MIN_LAMBDA})
+        with pytest.raises(ValueError, match=message):
+            loss_fn(logits, labels, **{name: below})
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+
+def _device_param(logits_device, labels_device):
+    needs_cuda = "cuda" in (logits_device, labels_device)
+    marks = [m for p in DEVICES if p.values[0] == "cuda" for m in p.marks] if needs_cuda else []
+    return pytest.param(logits_device, labels_device, id=f"{logits_device}-{labels_device}", marks=marks)
+
+
+DEVICE_PAIRS = [
+    _device_param(a, b) for a, b in [("cpu", "meta"), ("meta", "cpu"), ("cuda", "cpu"), ("cpu", "cuda"), ("cuda", "meta"), ("meta", "cuda")]
+]
+
+
+@pytest.mark.parametrize("logits_device, labels_device", DEVICE_PAIRS)
+def test_devices_that_differ_are_refused_on_every_path(logits_device, labels_device):
+    logits = torch.randn(2, 5, 3, device=logits_device)
+    labels = torch.zeros(2, 5, dtype=torch.long, device=labels_device)
+    message = f"labels must be on the same device as logits \\({logits.device}\\), got {labels.device}"
+    for loss_fn in (sigmoid_dr_loss, reference.sigmoid_dr_loss, SigmoidDRLoss()):
+        with pytest.raises(RuntimeError, match=message):
+            loss_fn(logits, labels)
+    hyper = (1.0, 0.1, 6.0, 4.0, 0.5, 0)
+    with pytest.raises(RuntimeError, match=message):
+        drloss_cuda.ops.forward_op(logits, labels, *hyper)
+    # The backward op: labels, grad_losses and stats are each checked against logits.
+    same = torch.zeros_like(labels, device=logits.device)
+    losses, stats = drloss_cuda.ops.forward_op(logits, same, *hyper)
+    with pytest.raises(RuntimeError, match=message):
+        drloss_cuda.ops.backward_op(losses, logits, labels, stats, *hyper)
+    other = labels.device
+    with pytest.raises(RuntimeError, match=f"grad_losses must be a \\[2\\] torch.float32 tensor on {logits.device}, got .* on {other}"):
+        drloss_cuda.ops.backward_op(torch.zeros_like(losses, device=other), logits, same, stats, *hyper)
+    with pytest.raises(RuntimeError, match=f"stats must be the forward's \\[2, 6\\] torch.float32 tensor on {logits.device}, got .* on {other}"):
+        drloss_cuda.ops.backward_op(losses, logits, same, torch.zeros_like(stats, device=other), *hyper)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_meta_tensors_give_shapes_and_types(pooled):
+    shape = (6, 4) if pooled else (2, 3, 4)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        logits = torch.empty(shape, device="meta", dtype=dtype, requires_grad=True)
+        labels = torch.empty(shape[:-1], device="meta", dtype=torch.int32)
+        losses = sigmoid_dr_loss(logits, labels, reduction="none")
+        assert losses.device.type == "meta" and losses.shape == (1 if pooled else 2,)
+        assert losses.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        losses.sum().backward()
+        assert logits.grad.shape == logits.shape and logits.grad.dtype == dtype
+
+
+def _error(fn, *args):
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        fn(*args)
+    return type(info.value), str(info.value).replace("meta", "cpu")  # the messages name the device
+
+
+def test_fake_kernels_say_what_the_cpp_checks_say():
+    """Every bad input gives the same error, word for word, from the C++ op (CPU) and from the
+    fake kernels (meta device, the path of torch.compile)."""
+    x, y = torch.randn(2, 5, 3), torch.zeros(2, 5, dtype=torch.long)
+    hyper = [1.0, 0.1, 6.0, 4.0, 0.5, 0]
+    losses, stats = drloss_cuda.ops.forward_op(x, y, *hyper)
+    forward_cases = [
+        (torch.randn(3), torch.zeros((), dtype=torch.long), hyper),
+        (x.long(), y, hyper),
+        (x, y.float(), hyper),
+        (x, y.to(torch.int16), hyper),
+        (x, y[:, :2], hyper),
+    ] + [(x, y, hyper[:i] + [bad] + hyper[i + 1 :]) for i, bad in [(0, 0.0), (1, 1e-5), (2, -1.0), (3, math.inf), (4, math.nan), (5, -3)]]
+    for logits, labels, h in forward_cases:
+        cpu = _error(drloss_cuda.ops.forward_op, logits, labels, *h)
+        meta = _error(drloss_cuda.ops.forward_op, logits.to("meta"), labels.to("meta"), *h)
+        assert cpu == meta
+    backward_cases = [
+        (losses[:1], stats),
+        (losses.double(), stats),
+        (losses.reshape(2, 1), stats),
+        (losses, stats[:, :5]),
+        (losses, stats.double()),
+        (losses, stats[:1]),
+    ]
+    for grad_losses, s in backward_cases:
+        cpu = _error(drloss_cuda.ops.backward_op, grad_losses, x, y, s, *hyper)
+        meta = _error(drloss_cuda.ops.backward_op, grad_losses.to("meta"), x.to("meta"), y.to("meta"), s.to("meta"), *hyper)
+        assert cpu == meta
 
 
 # --- packaging -------------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+"""Element-by-element accuracy checks of the fused loss and gradient against float64.
+
+Why not `rtol * max|grad|`: the softmax weights of one group span many orders of magnitude
+(e^(1/lambda) between p = 0 and p = 1, 2.7e5 with the default neg_lambda), so most elements of a
+gradient sit far below its largest entry and a tolerance scaled by the largest entry accepts any
+value for them (zeroing every negative with x < -1 passed). Here each element is compared with
+a bound computed from that element alone.
+
+The bound. For an element of sign k (exponent scale s = 1/neg_lambda or -1/pos_lambda, both
+"The math" in docs/design.md) with probability p,
+
+    grad = D w (1 + s (p - E)) p (1 - p),    D = g tau sigmoid(L d) / Z (per group and sign),
+                                              w = e^(s p - m) (its softmax weight, times Z)
+
+In a floating type with unit roundoff eps, the rounding of p moves the exponent s p by about
+|s| p eps, so w carries a relative error of about (1 + |s| (p + E)) eps; the factor
+1 + s (p - E) carries an absolute error of about |s| (p + E) eps (it can cancel to 0, where a
+relative bound would be meaningless); p (1 - p) carries an absolute error of about p eps (1 - p
+is rounded near p = 1). With cond = 1 + |s| (p + E), the element's error is therefore below
+
+    ELEMENT_FACTOR * eps * |D| w cond (cond p (1 - p) + p)  +  |D| cond tiny
+
+where the last term covers weights that underflow to 0 in the accumulation type (exp of an
+exponent below the smallest normal number, `tiny`, about 1e-38 in float32: a gradient entry of
+that size is below anything a float32 training step can use). Every quantity in the bound is the
+element's own: a wrong element (zeroed, perturbed by 1e-3 of itself, another element's value)
+exceeds it, whatever the other elements are. `test_checker_rejects_*` in
+tests/test_sigmoid_dr_loss.py show it.
+"""
+
+import math
+
+import torch
+
+# The constant of the per-element bound: a few roundings of each kind (sigmoid, exp, the
+# exponent, the sums). Measured errors stay below 1/4 of the bound it gives (see
+# tests/test_properties.py, which draws hyperparameters down to MIN_LAMBDA).
+ELEMENT_FACTOR = 16.0
+
+# The loss in float32 is within 1e-6 relative of float64 (docs/design.md, "Accuracy") for L <= 6;
+# its sensitivity to the expectations grows with L (dloss/dd / loss <= L), so beyond L = 6 the
+# bound grows with L. float64 is checked to rounding.
+LOSS_RTOL = {torch.float32: 1e-6, torch.float64: 1e-13}
+
+
+def unit_roundoff(dtype):
+    return torch.finfo(dtype).eps / 2
+
+
+def accumulate_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def loss_rtol(dtype, L=6.0):
+    """Relative tolerance of a loss computed from `dtype` logits, against float64 on the same
+    (rounded) logits: the kernels accumulate in float32 (float64 for float64 logits)."""
+    return LOSS_RTOL[accumulate_dtype(dtype)] * max(1.0, L / 6.0)
+
+
+def assert_loss_close(got, want, dtype, L=6.0, what="loss"):
+    """got (kernel, any dtype) against want (float64), element by element, relative."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    assert got.shape == want.shape, f"{what}: shape {list(got.shape)} != {list(want.shape)}"
+    rtol = loss_rtol(dtype, L)
+    err = (got - want).abs()
+    bad = ~(err <= rtol * want.abs())  # NaN in either fails
+    if bad.any():
+        i = int(bad.nonzero()[0][0]) if got.dim() else 0
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {got.numel()} entries off by more than {rtol:.3g} relative; "
+            f"first at {i}: got {got.reshape(-1)[i].item()!r}, float64 {want.reshape(-1)[i].item()!r}"
+        )
+
+
+class Float64Eval:
+    """What dense_float64 returns: `losses` [G], `grad` (logits' shape), `stats` [G, 6] (m, Z, E
+    of the negatives, then of the positives, with m the largest exponent), `spread` [G, 2] (per
+    sign, the softmax-weighted mean of |p - E|), `scales` (|s| per sign) and `bound` (a
+    GradientBound), all float64 on the CPU."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def dense_float64(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, grad_losses=None):
+    """An evaluation of the loss in float64 written for the tests (dense masks and log-sum-exp, on
+    the CPU; no code shared with the package): the losses, the gradient of
+    sum(grad_losses * losses) by autograd, the statistics, and the error bounds (Float64Eval)."""
+    x = logits.detach().double().cpu().requires_grad_(True)
+    y = labels.detach().cpu().long()
+    pooled = x.dim() == 2
+    x3, y3 = (x.unsqueeze(0), y.unsqueeze(0)) if pooled else (x, y)
+    G, A, C = x3.shape
+    g = torch.ones(G, dtype=torch.float64) if grad_losses is None else grad_losses.detach().double().cpu().reshape(G)
+    p = torch.sigmoid(x3)
+    counted = (y3 >= 0).unsqueeze(-1).expand(G, A, C)
+    positive = counted & (y3.unsqueeze(-1) - first_label == torch.arange(C))
+    negative = counted & ~positive
+    signs = []
+    for mask, s, empty in ((negative, 1.0 / neg_lambda, 0.0), (positive, -1.0 / pos_lambda, 1.0)):
+        exponent = torch.where(mask, s * p, -math.inf)
+        m = exponent.detach().amax(dim=(1, 2))
+        shift = torch.where(torch.isfinite(m), m, 0.0).view(G, 1, 1)
+        w = torch.exp(exponent - shift)  # e^(s p - m), 0 outside the mask
+        Z = w.sum(dim=(1, 2))
+        E = torch.where(Z > 0, (w * p).sum(dim=(1, 2)) / torch.where(Z > 0, Z, 1.0), empty)
+        signs.append((mask, abs(s), m, w, Z, E))
+    d = signs[0][5] - signs[1][5] + margin
+    losses = tau / L * torch.nn.functional.softplus(L * d)
+    (grad,) = torch.autograd.grad((losses * g).sum(), x)
+    stats = torch.stack([t for (_, _, m, _, Z, E) in signs for t in (m, Z.detach(), E.detach())], dim=1)
+    spread = torch.stack(
+        [((w * (p - E.view(G, 1, 1)).abs()).sum(dim=(1, 2)) / torch.where(Z > 0, Z, 1.0)).detach() for (_, _, _, w, Z, E) in signs],
+        dim=1,
+    )
+
+    slope = (g * tau * torch.sigmoid(L * d.detach())).abs().view(G, 1, 1)
+    scale = torch.zeros_like(p, requires_grad=False)
+    floor = torch.zeros_like(scale)
+    p = p.detach()
+    for mask, abs_s, _, w, Z, E in signs:
+        D = slope / torch.where(Z > 0, Z, 1.0).detach().view(G, 1, 1)
+        cond = 1 + abs_s * (p + E.detach().view(G, 1, 1))
+        scale = torch.where(mask, D * w.detach() * cond * (cond * p * (1 - p) + p), scale)
+        floor = torch.where(mask, slope * cond * torch.finfo(torch.float32).tiny, floor)
+    if pooled:
+        scale, floor = scale[0], floor[0]
+    bound = GradientBound(scale, floor, A * C)
+    return Float64Eval(
+        losses=losses.detach(), grad=grad, stats=stats, spread=spread, scales=(signs[0][1], signs[1][1]), bound=bound,
+        group_size=A * C,
+    )
+
+
+class GradientBound:
+    """The per-element error bound of the module docstring for one input: `scale` and `floor`
+    shaped like the logits (float64), and the elements per group, for the error of the sums."""
+
+    def __init__(self, scale, floor, group_size):
+        self.scale, self.floor, self.group_size = scale, floor, group_size
+
+    def tolerance(self, dtype):
+        """The bound for a gradient computed from `dtype` logits. Besides the element's own
+        roundings, the group's sums (kept in float64) carry a relative error of at most
+        group_size * eps64, which every element of the group inherits."""
+        acc = accumulate_dtype(dtype)
+        relative = ELEMENT_FACTOR * unit_roundoff(acc) + 2 * self.group_size * unit_roundoff(torch.float64)
+        return relative * self.scale + self.floor * (torch.finfo(acc).tiny / torch.finfo(torch.float32).tiny)
+
+
+def stats_tolerance(reference, dtype):
+    """Per-element tolerances [G, 6] of the statistics of the same input computed by two kernels
+    (or by a kernel and, after shift_stats, by float64), with the rounding model of the gradient:
+    an exponent s p is off by |s| eps, so m by |s| eps and Z relatively by (1 + |s|) eps; E moves
+    by the weights' errors times how far the p's lie from E (the spread), plus its own rounding."""
+    u = unit_roundoff(accumulate_dtype(dtype))
+    sums = 2 * reference.group_size * unit_roundoff(torch.float64)
+    columns = []
+    want = reference.stats
+    for k, abs_s in enumerate(reference.scales):
+        m, Z = want[:, 3 * k], want[:, 3 * k + 1]
+        columns.append(ELEMENT_FACTOR * u * abs_s * torch.ones_like(m))
+        columns.append((ELEMENT_FACTOR * u * (1 + abs_s) + sums) * Z)
+        columns.append(ELEMENT_FACTOR * u * (1 + abs_s * reference.spread[:, k]) + sums)
+    return torch.stack(columns, dim=1)
+
+
+def shift_stats(stats, to):
+    """`stats` rescaled to the shifts m of `to` (Z * e^(m - m_to)): the kernels may shift the
+    exponents by any value (a max, or s itself), which changes m and Z but not Z e^m."""
+    stats = stats.detach().double().cpu().clone()
+    to = to.detach().double().cpu()
+    for k in (0, 3):
+        nonempty = stats[:, k + 1] > 0
+        rescale = torch.exp(stats[:, k] - to[:, k])
+        stats[:, k + 1] = torch.where(nonempty, stats[:, k + 1] * rescale, stats[:, k + 1])
+        stats[:, k] = torch.where(nonempty, to[:, k], stats[:, k])
+    return stats
+
+
+def assert_stats_close(got, want, reference, dtype, what="stats"):
+    """Statistics [G, 6] element by element: m and Z of an empty set must be exactly -inf and 0."""
+    tol = stats_tolerance(reference, dtype)
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    same = (got == want) | (got - want).abs().le(tol)
+    if not same.all():
+        g, c = (int(i) for i in (~same).nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int((~same).sum())} of {got.numel()} entries outside their bound; first at group {g}, "
+            f"column {c}: got {got[g, c].item()!r}, want {want[g, c].item()!r}, bound {tol[g, c].item():.3g}"
+        )
+
+
+def assert_elementwise(got, want, tol, what="gradient"):
+    """|got - want| <= tol element by element (NaN anywhere fails), with a message that shows the
+    worst element."""
+    got, want, tol = got.detach().double().cpu(), want.detach().double().cpu(), tol.double().cpu()
+    assert got.shape == want.shape, f"{what}: shape {list(got.shape)} != {list(want.shape)}"
+    err = (got - want).abs()
+    bad = ~(err <= tol)
+    if bad.any():
+        ratio = torch.where(bad, err / tol.clamp(min=1e-300), torch.zeros_like(err)).nan_to_num(math.inf)
+        worst = int(ratio.reshape(-1).argmax())
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), got.shape))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {got.numel()} elements outside their bound; worst at {index}: "
+            f"got {got.reshape(-1)[worst].item()!r}, float64 {want.reshape(-1)[worst].item()!r}, "
+            f"bound {tol.reshape(-1)[worst].item():.3g}"
+        )
+
+
+def assert_grad_close(got, want, dtype, bound, what="gradient"):
+    """A gradient computed from `dtype` logits (float32 or float64) against float64."""
+    assert_elementwise(got, want, bound.tolerance(dtype), what)
+
+
+def assert_half_grad_close(got, got32, dtype, what="gradient"):
+    """A float16/bfloat16 gradient against the float32 run on the same (exactly representable)
+    logits: the kernels compute in float32 and round once to `dtype`, so each element is within
+    one unit in the last place of the float32 value (the smallest subnormal step below the
+    normal range)."""
+    finfo = torch.finfo(dtype)
+    smallest_subnormal = finfo.tiny * finfo.eps
+    want = got32.detach().double().cpu()
+    tol = finfo.eps * want.abs() + smallest_subnormal
+    assert_elementwise(got, want, tol, what)
