@@ -1,36 +1,52 @@
-"""CUDA-only behaviour of the fused ops: agreement with the CPU kernels on the same inputs,
-gradcheck, opcheck, CUDA graphs, streams, very large batches, determinism and the absence of
-host synchronization.
+"""CUDA-only behaviour of the fused ops: agreement with float64 element by element and with the
+CPU kernels (statistics included), gradcheck, opcheck, CUDA graphs, streams, very large groups
+and batches, many groups, every number of blocks per group, determinism and the absence of host
+synchronization.
 
 Every test skips visibly (with the reason) where there is no GPU or the extension was built
 without its CUDA kernels. Inputs are drawn fresh on every run (the `generator` fixture prints
 the seed). Every op call runs with DRLOSS_POISON_OUTPUTS=1: outputs are filled with NaN before
 the kernels write them, so an element a kernel forgets to write fails the comparisons.
+Tolerances are per element (tests/tolerances.py).
 """
 
+import json
 import math
 
 import pytest
 import torch
 
 from conftest import cuda_skip_reason
+from tolerances import (
+    assert_elementwise,
+    assert_grad_close,
+    assert_half_grad_close,
+    assert_loss_close,
+    assert_stats_close,
+    bound_terms,
+    dense_float64,
+    group_relative,
+    relative_factor,
+    shift_stats,
+)
 
 _SKIP = cuda_skip_reason()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))]
 
 if _SKIP is None:  # importing the ops needs the compiled extension
-    import drloss_cuda
     from drloss_cuda import reference, sigmoid_dr_loss
     from drloss_cuda.ops import backward_op, forward_op
 
 DEFAULTS = dict(pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, tau=4.0, margin=0.5)
 HYPER = (DEFAULTS["pos_lambda"], DEFAULTS["neg_lambda"], DEFAULTS["L"], DEFAULTS["tau"], DEFAULTS["margin"])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+HALF = (torch.float16, torch.bfloat16)
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
+    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
 
 
 def make_inputs(shape, dtype=torch.float32, first_label=0, label_dtype=torch.int64, scale=3.0, device="cpu"):
@@ -46,28 +62,51 @@ def make_inputs(shape, dtype=torch.float32, first_label=0, label_dtype=torch.int
     return logits.to(device), labels.to(label_dtype).to(device)
 
 
-def run_ops(logits, labels, first_label, grad_losses=None):
-    losses, stats = forward_op(logits, labels, *HYPER, first_label)
+def run_ops(logits, labels, first_label, grad_losses=None, hyper=HYPER):
+    losses, stats = forward_op(logits, labels, *hyper, first_label)
     if grad_losses is None:
         grad_losses = torch.rand(losses.shape, dtype=losses.dtype, device=losses.device) + 0.5
-    grad = backward_op(grad_losses.to(losses.device), logits, labels, stats, *HYPER, first_label)
+    grad = backward_op(grad_losses.to(losses.device), logits, labels, stats, *hyper, first_label)
     return losses, stats, grad, grad_losses
 
 
-def assert_cuda_matches_cpu(logits_cpu, labels_cpu, first_label, loss_rtol, grad_rtol, cuda_logits=None):
-    """Runs both ops on the CPU and on CUDA on the same inputs (same upstream gradient)."""
-    losses_cpu, stats_cpu, grad_cpu, g = run_ops(logits_cpu, labels_cpu, first_label)
+def float64_eval(logits, labels, first_label, grad_losses, hyper=HYPER):
+    return dense_float64(logits.cpu(), labels.cpu(), *hyper, first_label, grad_losses=grad_losses.cpu())
+
+
+def assert_run_matches_float64(logits, labels, first_label, result, ref, hyper=HYPER):
+    """One run of both ops (`result` from run_ops, on any device) against the float64 evaluation
+    `ref`: the loss to its relative accuracy, the gradient element by element (a float16/bfloat16
+    gradient against the float32 run of the same logits, on the same device), and the statistics
+    after the shift to float64's."""
+    losses, stats, grad, g = result
+    dtype = logits.dtype
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert_loss_close(losses, ref.losses, dtype, hyper[2], hyper[0], hyper[1])
+    if dtype in HALF:
+        _, _, grad32, _ = run_ops(logits.float(), labels, first_label, g, hyper)
+        assert_grad_close(grad32, ref.grad, torch.float32, ref.bound, "float32 gradient")
+        assert_half_grad_close(grad, grad32, dtype)
+    else:
+        assert_grad_close(grad, ref.grad, dtype, ref.bound)
+    assert_stats_close(shift_stats(stats, ref.stats), ref.stats, ref, dtype, "stats against float64")
+
+
+def assert_cuda_matches_cpu(logits_cpu, labels_cpu, first_label, cuda_logits=None, hyper=HYPER):
+    """Runs both ops on the CPU and on CUDA on the same inputs (same upstream gradient): each
+    against float64, and the two devices' statistics against each other element by element
+    (both kernels shift the exponents by the same rule, so m, Z and E are the same numbers up to
+    rounding)."""
+    cpu = run_ops(logits_cpu, labels_cpu, first_label, hyper=hyper)
     x = logits_cpu.cuda() if cuda_logits is None else cuda_logits
-    losses, stats, grad, _ = run_ops(x, labels_cpu.cuda(), first_label, g)
-    assert losses.device.type == "cuda" and grad.dtype == logits_cpu.dtype
-    assert grad.shape == logits_cpu.shape
-    torch.testing.assert_close(losses.cpu(), losses_cpu, rtol=loss_rtol, atol=loss_rtol)
-    # m and Z of each sign, and both expectations, are the same quantities on both devices.
-    torch.testing.assert_close(stats.cpu(), stats_cpu, rtol=loss_rtol, atol=loss_rtol, equal_nan=False)
-    scale = grad_cpu.double().abs().max().item() if grad_cpu.numel() else 0.0
-    torch.testing.assert_close(grad.cpu().double(), grad_cpu.double(), rtol=grad_rtol, atol=grad_rtol * scale)
-    assert not torch.isnan(losses).any() and not torch.isnan(grad).any()
-    return losses, grad
+    y = labels_cpu.to(x.device)
+    cuda = run_ops(x, y, first_label, cpu[3], hyper)
+    assert cuda[0].device.type == "cuda" and cuda[2].device.type == "cuda"
+    ref = float64_eval(logits_cpu, labels_cpu, first_label, cpu[3], hyper)
+    assert_run_matches_float64(logits_cpu, labels_cpu, first_label, cpu, ref, hyper)
+    assert_run_matches_float64(x, y, first_label, cuda, ref, hyper)
+    assert_stats_close(cuda[1], cpu[1], ref, logits_cpu.dtype, "CUDA stats against CPU stats")
+    return cuda
 
 
 SHAPES = [
@@ -81,7 +120,6 @@ SHAPES = [
     (3, 4, 0),  # no classes
     (0, 5, 3),  # no groups
 ]
-TOL = {torch.float32: (2e-5, 2e-4), torch.float64: (1e-12, 1e-10), torch.float16: (2e-5, 2e-3), torch.bfloat16: (2e-5, 1.6e-2)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -90,8 +128,7 @@ TOL = {torch.float32: (2e-5, 2e-4), torch.float64: (1e-12, 1e-10), torch.float16
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
 def test_cuda_matches_cpu(generator, dtype, shape, first_label, label_dtype):
     logits, labels = make_inputs(shape, dtype, first_label, label_dtype)
-    loss_rtol, grad_rtol = TOL[dtype]
-    assert_cuda_matches_cpu(logits, labels, first_label, loss_rtol, grad_rtol)
+    assert_cuda_matches_cpu(logits, labels, first_label)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -107,22 +144,49 @@ def test_unaligned_logits_match_cpu(generator, dtype, offset):
     view = storage[offset : offset + n].view(shape)
     view.copy_(logits.cuda())
     assert view.is_contiguous() and view.storage_offset() == offset
-    loss_rtol, grad_rtol = TOL[dtype]
-    assert_cuda_matches_cpu(logits, labels, 0, loss_rtol, grad_rtol, cuda_logits=view)
+    assert_cuda_matches_cpu(logits, labels, 0, cuda_logits=view)
 
 
-@pytest.mark.parametrize("shape", [(2, 200, 80), (20000, 80)], ids=["3d", "pooled"])
-def test_public_api_matches_reference(generator, shape):
-    logits, labels = make_inputs(shape, torch.float32, device="cuda")
-    for reduction in ("mean", "none"):
-        x = logits.clone().requires_grad_(True)
-        loss = sigmoid_dr_loss(x, labels, reduction=reduction)
-        loss.sum().backward()
-        xr = logits.double().clone().requires_grad_(True)
-        ref = reference.sigmoid_dr_loss(xr, labels, reduction=reduction)
-        ref.sum().backward()
-        torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-4, atol=1e-4 * xr.grad.abs().max().item())
+def test_labels_below_minus_one_are_ignored(generator):
+    """Any negative label ignores its anchor, -5 and -2**62 as much as -1."""
+    logits, labels = make_inputs((3, 500, 11), label_dtype=torch.int64)
+    far = torch.where(labels < 0, torch.randint(-(2**62), -1, labels.shape), labels)
+    assert (far < -1).any()
+    want = run_ops(logits.cuda(), labels.cuda(), 0)
+    got = run_ops(logits.cuda(), far.cuda(), 0, want[3])
+    for a, b in zip(got[:3], want[:3]):
+        assert torch.equal(a, b)
+    assert_cuda_matches_cpu(logits, far, 0)
+    int32 = torch.where(labels < 0, -5, labels).to(torch.int32)
+    assert_cuda_matches_cpu(logits, int32, 0)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
+def test_first_label_above_one(generator, label_dtype):
+    """first_label = 7: labels 7..7+C-1 are the classes, 0..6 and 7+C.. are background."""
+    C = 13
+    logits, labels = make_inputs((3, 400, C))
+    u = torch.rand(labels.shape)
+    labels = torch.where(labels >= 0, labels + 7, labels)  # classes 7..19 (20 = background)
+    labels = torch.where(u < 0.2, torch.randint(0, 7, labels.shape), labels)  # background below 7
+    assert_cuda_matches_cpu(logits, labels.to(label_dtype), 7)
+
+
+def test_public_api_matches_reference(generator):
+    for shape in ((2, 200, 80), (20000, 80)):
+        logits, labels = make_inputs(shape, torch.float32, device="cuda")
+        for reduction in ("mean", "none"):
+            x = logits.clone().requires_grad_(True)
+            loss = sigmoid_dr_loss(x, labels, reduction=reduction)
+            loss.sum().backward()
+            xr = logits.double().clone().requires_grad_(True)
+            ref = reference.sigmoid_dr_loss(xr, labels, reduction=reduction)
+            ref.sum().backward()
+            groups = shape[0] if len(shape) == 3 else 1
+            g = torch.full((groups,), 1.0 / groups if reduction == "mean" else 1.0, dtype=torch.float64)
+            bound = dense_float64(logits, labels, *HYPER, 0, grad_losses=g).bound
+            assert_loss_close(loss, ref.detach(), torch.float32)
+            assert_grad_close(x.grad, xr.grad, torch.float32, bound)
 
 
 def test_gradcheck_float64(generator):
@@ -206,7 +270,7 @@ def test_non_default_stream(generator):
 def test_second_device(generator):
     logits, labels = make_inputs((2, 300, 80))
     with torch.cuda.device(0):
-        assert_cuda_matches_cpu(logits, labels, 0, 2e-5, 2e-4, cuda_logits=logits.to("cuda:1"))
+        assert_cuda_matches_cpu(logits, labels, 0, cuda_logits=logits.to("cuda:1"))
 
 
 def test_bitwise_deterministic(generator):
@@ -234,48 +298,203 @@ def test_no_host_synchronization(generator):
     assert torch.isfinite(loss).all() and torch.isfinite(x.grad).all()
 
 
-def test_finite_input_gives_finite_output(generator):
-    """Extreme but finite logits (probabilities of exactly 0 and 1 in float32) and tiny
-    lambdas (exponents up to 1000) must not produce NaN or inf."""
-    logits, labels = make_inputs((2, 3000, 80), scale=40.0, device="cuda")
-    for neg_lambda, pos_lambda in ((DEFAULTS["neg_lambda"], 1.0), (1e-3, 1e-3)):
-        losses, stats = forward_op(logits, labels, pos_lambda, neg_lambda, 6.0, 4.0, 0.5, 0)
-        grad = backward_op(torch.ones_like(losses), logits, labels, stats, pos_lambda, neg_lambda, 6.0, 4.0, 0.5, 0)
-        assert torch.isfinite(losses).all() and torch.isfinite(grad).all()
-        ref = forward_op(logits.cpu(), labels.cpu(), pos_lambda, neg_lambda, 6.0, 4.0, 0.5, 0)[0]
-        torch.testing.assert_close(losses.cpu(), ref, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("lambdas", [(DEFAULTS["pos_lambda"], DEFAULTS["neg_lambda"]), (1e-3, 1e-3), (1e-4, 1e-4)], ids=["default", "1e-3", "min"])
+def test_extreme_logits_and_small_lambdas(generator, lambdas):
+    """Extreme but finite logits (probabilities of exactly 0 and 1 in float32) and small lambdas
+    (exponents up to 1e4): finite and accurate, on both devices."""
+    pos_lambda, neg_lambda = lambdas
+    logits, labels = make_inputs((2, 3000, 80), scale=40.0)
+    hyper = (pos_lambda, neg_lambda, 6.0, 4.0, 0.5)
+    _, _, grad, _ = assert_cuda_matches_cpu(logits, labels, 0, hyper=hyper)
+    assert torch.isfinite(grad).all()
+
+
+# --- launch shapes ------------------------------------------------------------------------------
+
+
+def _forward_grids(trace_path):
+    """Launch grids of the forward's partial-reduction kernel in a chrome trace, or None when the
+    profiler does not report grids."""
+    with open(trace_path) as f:
+        events = json.load(f).get("traceEvents", [])
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    if not kernels or not all("grid" in e.get("args", {}) for e in kernels):
+        return None
+    forward = [e for e in kernels if "forward" in e["name"].lower() and "final" not in e["name"].lower()]
+    return [math.prod(e["args"]["grid"]) for e in forward]
+
+
+def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
+    """DRLOSS_CUDA_BLOCKS_PER_GROUP=k sets the forward's blocks per group at each call. Every k,
+    with one block, a few, and more blocks than the group has 16-element ranges (empty trailing
+    ranges), gives the loss and statistics of float64 and of every other k to rounding."""
+    shape = (2, 301, 7)  # 2,107 elements per group: 132 ranges of 16
+    ranges = math.ceil(301 * 7 / 16)
+    logits, labels = make_inputs(shape)
+    x, y = logits.cuda(), labels.cuda()
+    g = torch.rand(2, dtype=torch.float32) + 0.5
+    ref = float64_eval(logits, labels, 0, g)
+    results = {}
+    for k in (1, 2, 3, 7, ranges + 68):
+        monkeypatch.setenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", str(k))
+        results[k] = run_ops(x, y, 0, g)
+        assert_run_matches_float64(x, y, 0, results[k], ref)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            run_ops(x, y, 0, g)
+            torch.cuda.synchronize()
+        trace = tmp_path / f"k{k}.json"
+        prof.export_chrome_trace(str(trace))
+        grids = _forward_grids(trace)
+        if grids is not None:  # the override reached the launch: G * k blocks
+            assert grids == [shape[0] * k], f"k = {k}: forward grid sizes {grids}"
+    losses = torch.stack([r[0] for r in results.values()]).cpu().double()
+    for row in losses[1:]:
+        assert_loss_close(row, losses[0], torch.float32, what="loss against k = 1")
+    for k, r in results.items():
+        assert_stats_close(r[1], results[1][1], ref, torch.float32, f"stats of k = {k} against k = 1")
+
+
+def test_many_groups(generator):
+    """More groups than one launch of the finalize kernel covers (65,535 blocks of 4 groups)."""
+    G = 300_000
+    assert G > 65_535 * 4
+    logits, labels = make_inputs((G, 4, 3))
+    cuda = assert_cuda_matches_cpu(logits, labels, 0)
+    assert not torch.isnan(cuda[0]).any() and not torch.isnan(cuda[1][-1000:]).any()
+
+
+# --- more than 2^31 elements ----------------------------------------------------------------------
+
+
+def _free_memory_or_skip(needed):
+    free, _ = torch.cuda.mem_get_info()
+    if free < needed:
+        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+
+
+def test_element_index_above_2_pow_31_in_one_group(generator):
+    """One pooled group of more than 2^31 bfloat16 logits, with the elements that decide the loss
+    (the negatives' largest and the positives' smallest probabilities) beyond element 2^31: the
+    loss against a float64 evaluation on the CPU, chunk by chunk, and gradient elements on both
+    sides of 2^31 and at the very end against float64. bfloat16 keeps float32's exponent range,
+    where the gradient entries (about 1 / 2^31 of the loss) are normal numbers."""
+    C = 80
+    boundary_row = 2**31 // C  # its elements straddle index 2^31
+    tail_rows = 2**20
+    M = boundary_row + 1 + tail_rows
+    assert (boundary_row + 1) * C > 2**31
+    dtype = torch.bfloat16
+    _free_memory_or_skip(M * C * 2 * 2 + M * 4 + (2 << 30))
+    pos_lambda, neg_lambda, L, tau, margin = HYPER
+    s_neg, s_pos = 1.0 / neg_lambda, -1.0 / pos_lambda
+
+    labels = torch.randint(0, C, (M,), dtype=torch.int32, device="cuda")
+    u = torch.rand(M, device="cuda")
+    labels = torch.where(u < 0.5, C, labels)  # background
+    labels = torch.where(u < 0.1, -1, labels)
+    labels = torch.where(u < 0.02, -5, labels)
+    logits = torch.randn(M, C, device="cuda", dtype=dtype)
+    tail = logits[boundary_row + 1 :]
+    tail.mul_(0.5).add_(3.0)  # high probabilities: the negatives' softmax is theirs
+    tail_labels = labels[boundary_row + 1 :].long()
+    tail_positive = (tail_labels >= 0) & (tail_labels < C)
+    rows = torch.nonzero(tail_positive).squeeze(1)
+    tail[rows, tail_labels[rows]] = -3.0  # low probabilities: the positives' softmax is theirs
+    del u, tail, tail_labels, tail_positive, rows
+
+    losses, stats = forward_op(logits, labels, *HYPER, 0)
+    grad = backward_op(torch.ones_like(losses), logits, labels, stats, *HYPER, 0)
+
+    # float64 on the CPU, chunk by chunk. Shifts: s_neg for the negatives (p <= 1, so every
+    # e^(s_neg (p - 1)) lies in [e^-s_neg, 1]) and 0 for the positives (e^(s_pos p) in
+    # [e^s_pos, 1]): no max pass needed.
+    def chunk_sums(start, stop):
+        x = logits[start:stop].cpu().double()
+        y = labels[start:stop].cpu().long()
+        p = torch.sigmoid(x)
+        counted = (y >= 0).double().unsqueeze(1)
+        is_pos = (y >= 0) & (y < C)
+        p_pos = p[is_pos.nonzero().squeeze(1), y[is_pos]]
+        e_neg = torch.exp(s_neg * (p - 1)) * counted
+        e_neg_pos = torch.exp(s_neg * (p_pos - 1))
+        e_pos = torch.exp(s_pos * p_pos)
+        return torch.stack([
+            e_neg.sum() - e_neg_pos.sum(), (p * e_neg).sum() - (p_pos * e_neg_pos).sum(),
+            e_pos.sum(), (p_pos * e_pos).sum(),
+        ])
+
+    head = torch.zeros(4, dtype=torch.float64)
+    step = 2**20
+    for start in range(0, boundary_row + 1, step):
+        head += chunk_sums(start, min(start + step, boundary_row + 1))
+    total = head + chunk_sums(boundary_row + 1, M)
+
+    def loss_of(sums):
+        e_neg, e_pos = sums[1] / sums[0], sums[3] / sums[2]
+        return tau / L * torch.nn.functional.softplus(L * (e_neg - e_pos + margin)), e_neg, e_pos
+
+    want, e_neg, e_pos = loss_of(total)
+    assert_loss_close(losses, want.reshape(1), torch.float32, what="loss over > 2^31 elements")
+    # The elements past 2^31 decide the loss: without them it would be far off.
+    without_tail, _, _ = loss_of(head)
+    assert abs(without_tail - want) > 1e-3 * want
+
+    slope = tau * torch.sigmoid(L * (e_neg - e_pos + margin))
+    n = M * C
+    check_rows = [0, 1, boundary_row - 1, boundary_row, boundary_row + 1, boundary_row + 2] + list(range(M - 64, M))
+    index = torch.tensor(check_rows, device="cuda")
+    x = logits[index].cpu().double()
+    y = labels[index].cpu().long()
+    got = grad[index].cpu()
+    p = torch.sigmoid(x)
+    positive = (y.unsqueeze(1) == torch.arange(C)) & (y >= 0).unsqueeze(1)
+    negative = (y >= 0).unsqueeze(1) & ~positive
+    q_neg = torch.exp(s_neg * (p - 1)) / total[0]
+    q_pos = torch.exp(s_pos * p) / total[2]
+    want_grad = torch.where(negative, slope * q_neg * (1 + s_neg * (p - e_neg)), 0.0)
+    want_grad = torch.where(positive, -slope * q_pos * (1 + s_pos * (p - e_pos)), want_grad) * p * (1 - p)
+    scale_neg, floor_neg = bound_terms(p, abs(s_neg), e_neg, q_neg, slope)
+    scale_pos, floor_pos = bound_terms(p, abs(s_pos), e_pos, q_pos, slope)
+    scale = torch.where(negative, scale_neg, torch.where(positive, scale_pos, 0.0))
+    floor = torch.where(negative, floor_neg, torch.where(positive, floor_pos, 0.0))
+    # The weighted spread of |p - E| is at most 1: the group's factor with spread 1 bounds it.
+    relative = relative_factor(torch.float32, *group_relative(L, (abs(s_neg), abs(s_pos)), (1.0, 1.0), n))
+    finfo = torch.finfo(dtype)
+    tol = relative * scale + floor + finfo.eps * want_grad.abs() + finfo.tiny * finfo.eps
+    assert (want_grad[len(check_rows) - 64 :] != 0).any()
+    assert_elementwise(got, want_grad, tol, "gradient rows around element 2^31 and at the end")
 
 
 def test_batch_over_2_pow_31_elements_float16(generator):
-    """Over 2^31 logits in float16. The batch repeats a small pattern R times per image: the
-    softmax expectations (and so the loss) are those of the pattern, and each copy of an element
-    gets the pattern's gradient divided by R, which the CPU computes cheaply."""
+    """Over 2^31 logits in float16 across a batch. The batch repeats a small pattern R times per
+    image: the softmax expectations (and so the loss) are those of the pattern, and each copy of
+    an element gets the pattern's gradient divided by R, which the CPU computes cheaply."""
     C, K, N = 80, 1000, 2
     R = 2**31 // (N * K * C) + 1
     total = N * R * K * C
     assert total > 2**31
     # logits + gradient (float16) + labels (int32) + one image's NaN mask + slack
-    needed = total * 2 * 2 + N * R * K * 4 + total // N + (1 << 30)
-    free, _ = torch.cuda.mem_get_info()
-    if free < needed:
-        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    _free_memory_or_skip(total * 2 * 2 + N * R * K * 4 + total // N + (1 << 30))
     small, small_labels = make_inputs((N, K, C), torch.float16, label_dtype=torch.int32)
-    # The float16 values are exact in float32, where the CPU reference keeps the gradient
-    # unrounded (a copy's gradient is a float16 subnormal once divided by R).
-    small_losses, _, small_grad, _ = run_ops(small.float(), small_labels, 0, torch.ones(N))
+    ones = torch.ones(N, dtype=torch.float64)
+    ref = dense_float64(small, small_labels, *HYPER, 0, grad_losses=ones)
 
     big = small.cuda().repeat(1, R, 1)
     big_labels = small_labels.cuda().repeat(1, R)
     losses, stats = forward_op(big, big_labels, *HYPER, 0)
-    torch.testing.assert_close(losses.cpu(), small_losses, rtol=1e-3, atol=1e-4)
+    assert_loss_close(losses, ref.losses, torch.float16, what="loss of the repeated batch")
     grad = backward_op(torch.ones_like(losses), big, big_labels, stats, *HYPER, 0)
     del big
     for image in range(N):
         assert not torch.isnan(grad[image]).any()
-    expected = (small_grad / R).cuda()
-    # Rounding to float16 (subnormals included: steps of 2^-24) plus the accumulation order.
-    atol = 2e-2 * expected.abs().max().item() + 2.0**-23
+    # Each copy's gradient is the pattern's / R; its bound is the pattern's / R (the group has R
+    # times the elements, for the error of the sums), plus one rounding to float16 (subnormals
+    # included: steps of 2^-24).
+    want = ref.grad / R
+    finfo = torch.finfo(torch.float16)
+    _, float64 = group_relative(DEFAULTS["L"], ref.scales, (1.0, 1.0), R * K * C)
+    relative = relative_factor(torch.float32, ref.bound.kernel, float64)
+    tol = (relative * ref.bound.scale + ref.bound.floor) / R + finfo.eps * want.abs() + finfo.tiny * finfo.eps
     # First, middle and last copies of each image, the last one past element 2^31.
     for r in (0, R // 2, R - 1):
-        got = grad[:, r * K : (r + 1) * K]
-        torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=atol)
+        assert_elementwise(grad[:, r * K : (r + 1) * K], want, tol, f"copy {r} of the pattern")

@@ -76,7 +76,7 @@ def assert_matches_float64(logits, labels, grad_weights=None, **kwargs):
     hyper = full_hyper(kwargs)
     g = upstream_per_group(logits, kwargs.get("reduction", "mean"), grad_weights)
     bound = dense_float64(logits, labels, **hyper, grad_losses=g).bound
-    assert_loss_close(loss, ref_loss, logits.dtype, hyper["L"])
+    assert_loss_close(loss, ref_loss, logits.dtype, hyper["L"], hyper["pos_lambda"], hyper["neg_lambda"])
     assert_grad_close(grad, ref_grad, logits.dtype, bound)
     return loss, grad
 

@@ -22,10 +22,14 @@ is rounded near p = 1). With cond = 1 + |s| (p + E), the element's error is ther
 
 where the last term covers weights that underflow to 0 in the accumulation type (exp of an
 exponent below the smallest normal number, `tiny`, about 1e-38 in float32: a gradient entry of
-that size is below anything a float32 training step can use). Every quantity in the bound is the
-element's own: a wrong element (zeroed, perturbed by 1e-3 of itself, another element's value)
-exceeds it, whatever the other elements are. `test_checker_rejects_*` in
-tests/test_sigmoid_dr_loss.py show it.
+that size is below anything a float32 training step can use). Two group-wide relative errors
+are added to the first term's factor: the slope sigmoid(L d) moves by L times the error of
+d = E_neg - E_pos + margin (each E is off by about (1 + |s| spread) eps, `spread` the weighted
+mean of |p - E|), and the float64 evaluation that gives the expected values has its own error:
+its sums (group_size eps64) and, where it normalizes exponents as large as |s|, |s| eps64.
+Every quantity in the bound is the element's own or its group's: a wrong element (zeroed,
+perturbed by 1e-3 of itself, another element's value) exceeds it, whatever the other elements
+are. `test_checker_rejects_*` in tests/test_sigmoid_dr_loss.py show it.
 """
 
 import math
@@ -51,17 +55,20 @@ def accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def loss_rtol(dtype, L=6.0):
+def loss_rtol(dtype, L=6.0, pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5)):
     """Relative tolerance of a loss computed from `dtype` logits, against float64 on the same
-    (rounded) logits: the kernels accumulate in float32 (float64 for float64 logits)."""
-    return LOSS_RTOL[accumulate_dtype(dtype)] * max(1.0, L / 6.0)
+    (rounded) logits: the kernels accumulate in float32 (float64 for float64 logits). The loss
+    moves by at most L times the error of d (dloss/dd / loss <= L), and a float64 evaluation of
+    E through exponents as large as 1/lambda is itself off by about eps64 / lambda."""
+    float64_reference = 2 * L * unit_roundoff(torch.float64) * (1 / pos_lambda + 1 / neg_lambda)
+    return LOSS_RTOL[accumulate_dtype(dtype)] * max(1.0, L / 6.0) + float64_reference
 
 
-def assert_loss_close(got, want, dtype, L=6.0, what="loss"):
+def assert_loss_close(got, want, dtype, L=6.0, pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), what="loss"):
     """got (kernel, any dtype) against want (float64), element by element, relative."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     assert got.shape == want.shape, f"{what}: shape {list(got.shape)} != {list(want.shape)}"
-    rtol = loss_rtol(dtype, L)
+    rtol = loss_rtol(dtype, L, pos_lambda, neg_lambda)
     err = (got - want).abs()
     bad = ~(err <= rtol * want.abs())  # NaN in either fails
     if bad.any():
@@ -70,6 +77,19 @@ def assert_loss_close(got, want, dtype, L=6.0, what="loss"):
             f"{what}: {int(bad.sum())} of {got.numel()} entries off by more than {rtol:.3g} relative; "
             f"first at {i}: got {got.reshape(-1)[i].item()!r}, float64 {want.reshape(-1)[i].item()!r}"
         )
+
+
+def group_relative(L, abs_s, spread, group_size):
+    """(kernel, float64) factors of the group-wide relative errors in the module docstring:
+    the bound's relative factor is ELEMENT_FACTOR * eps * (1 + kernel) + 2 * eps64 * float64.
+    abs_s and spread are pairs (negatives, positives); spread may be a tensor per group."""
+    kernel = L * (2 + abs_s[0] * spread[0] + abs_s[1] * spread[1])
+    float64 = group_size * (1 + L) + L * (abs_s[0] + abs_s[1])
+    return kernel, float64
+
+
+def relative_factor(dtype, kernel, float64):
+    return ELEMENT_FACTOR * unit_roundoff(accumulate_dtype(dtype)) * (1 + kernel) + 2 * unit_roundoff(torch.float64) * float64
 
 
 class Float64Eval:
@@ -99,7 +119,7 @@ def dense_float64(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_
     signs = []
     for mask, s, empty in ((negative, 1.0 / neg_lambda, 0.0), (positive, -1.0 / pos_lambda, 1.0)):
         exponent = torch.where(mask, s * p, -math.inf)
-        m = exponent.detach().amax(dim=(1, 2))
+        m = exponent.detach().amax(dim=(1, 2)) if A * C else torch.full((G,), -math.inf, dtype=torch.float64)
         shift = torch.where(torch.isfinite(m), m, 0.0).view(G, 1, 1)
         w = torch.exp(exponent - shift)  # e^(s p - m), 0 outside the mask
         Z = w.sum(dim=(1, 2))
@@ -109,58 +129,66 @@ def dense_float64(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_
     losses = tau / L * torch.nn.functional.softplus(L * d)
     (grad,) = torch.autograd.grad((losses * g).sum(), x)
     stats = torch.stack([t for (_, _, m, _, Z, E) in signs for t in (m, Z.detach(), E.detach())], dim=1)
-    spread = torch.stack(
-        [((w * (p - E.view(G, 1, 1)).abs()).sum(dim=(1, 2)) / torch.where(Z > 0, Z, 1.0)).detach() for (_, _, _, w, Z, E) in signs],
-        dim=1,
-    )
 
     slope = (g * tau * torch.sigmoid(L * d.detach())).abs().view(G, 1, 1)
     scale = torch.zeros_like(p, requires_grad=False)
     floor = torch.zeros_like(scale)
     p = p.detach()
     for mask, abs_s, _, w, Z, E in signs:
-        D = slope / torch.where(Z > 0, Z, 1.0).detach().view(G, 1, 1)
-        cond = 1 + abs_s * (p + E.detach().view(G, 1, 1))
-        scale = torch.where(mask, D * w.detach() * cond * (cond * p * (1 - p) + p), scale)
-        floor = torch.where(mask, slope * cond * torch.finfo(torch.float32).tiny, floor)
+        Z = torch.where(Z > 0, Z, 1.0).detach().view(G, 1, 1)
+        sign_scale, sign_floor = bound_terms(p, abs_s, E.detach().view(G, 1, 1), w.detach() / Z, slope)
+        scale = torch.where(mask, sign_scale, scale)
+        floor = torch.where(mask, sign_floor, floor)
+    spread = torch.stack(
+        [((w.detach() * (p - E.detach().view(G, 1, 1)).abs()).sum(dim=(1, 2)) / torch.where(Z > 0, Z, 1.0).detach()) for (_, _, _, w, Z, E) in signs],
+        dim=1,
+    )
+    kernel, float64 = group_relative(L, (signs[0][1], signs[1][1]), (spread[:, 0], spread[:, 1]), A * C)
+    kernel = kernel.view(G, 1, 1).expand_as(scale)
     if pooled:
-        scale, floor = scale[0], floor[0]
-    bound = GradientBound(scale, floor, A * C)
+        scale, floor, kernel = scale[0], floor[0], kernel[0]
+    bound = GradientBound(scale, floor, kernel, float64)
     return Float64Eval(
         losses=losses.detach(), grad=grad, stats=stats, spread=spread, scales=(signs[0][1], signs[1][1]), bound=bound,
         group_size=A * C,
     )
 
 
-class GradientBound:
-    """The per-element error bound of the module docstring for one input: `scale` and `floor`
-    shaped like the logits (float64), and the elements per group, for the error of the sums."""
+def bound_terms(p, abs_s, E, q, slope):
+    """(scale, floor) of the bound in the module docstring for elements of one sign: probability
+    p, |s|, the sign's expectation E, softmax weight q = w / Z and |g tau sigmoid(L d)| = slope."""
+    cond = 1 + abs_s * (p + E)
+    return slope * q * cond * (cond * p * (1 - p) + p), slope * cond * torch.finfo(torch.float32).tiny
 
-    def __init__(self, scale, floor, group_size):
-        self.scale, self.floor, self.group_size = scale, floor, group_size
+
+class GradientBound:
+    """The per-element error bound of the module docstring for one input, float64 tensors shaped
+    like the logits: `scale` and `floor` (the element's magnitudes), `kernel` (its group's
+    factor of the slope's error) and `float64` (the float64 evaluation's factor, a number)."""
+
+    def __init__(self, scale, floor, kernel, float64):
+        self.scale, self.floor, self.kernel, self.float64 = scale, floor, kernel, float64
 
     def tolerance(self, dtype):
-        """The bound for a gradient computed from `dtype` logits. Besides the element's own
-        roundings, the group's sums (kept in float64) carry a relative error of at most
-        group_size * eps64, which every element of the group inherits."""
+        """The bound for a gradient computed from `dtype` logits."""
         acc = accumulate_dtype(dtype)
-        relative = ELEMENT_FACTOR * unit_roundoff(acc) + 2 * self.group_size * unit_roundoff(torch.float64)
-        return relative * self.scale + self.floor * (torch.finfo(acc).tiny / torch.finfo(torch.float32).tiny)
+        tiny = self.floor * (torch.finfo(acc).tiny / torch.finfo(torch.float32).tiny)
+        return relative_factor(dtype, self.kernel, self.float64) * self.scale + tiny
 
 
-def stats_tolerance(reference, dtype):
-    """Per-element tolerances [G, 6] of the statistics of the same input computed by two kernels
-    (or by a kernel and, after shift_stats, by float64), with the rounding model of the gradient:
-    an exponent s p is off by |s| eps, so m by |s| eps and Z relatively by (1 + |s|) eps; E moves
-    by the weights' errors times how far the p's lie from E (the spread), plus its own rounding."""
+def stats_tolerance(want, reference, dtype):
+    """Per-element tolerances of statistics `want` [G, 6] (a kernel's, or float64's) against the
+    same input's statistics from another kernel, with the rounding model of the gradient: an
+    exponent s p is off by |s| eps, so m by |s| eps and Z relatively by (1 + |s|) eps; E moves by
+    the weights' errors times how far the p's lie from E (`reference.spread`, from float64), plus
+    its own rounding. The group's sums add group_size * eps64 relative."""
     u = unit_roundoff(accumulate_dtype(dtype))
     sums = 2 * reference.group_size * unit_roundoff(torch.float64)
+    want = want.detach().double().cpu()
     columns = []
-    want = reference.stats
     for k, abs_s in enumerate(reference.scales):
-        m, Z = want[:, 3 * k], want[:, 3 * k + 1]
-        columns.append(ELEMENT_FACTOR * u * abs_s * torch.ones_like(m))
-        columns.append((ELEMENT_FACTOR * u * (1 + abs_s) + sums) * Z)
+        columns.append(ELEMENT_FACTOR * u * abs_s * torch.ones_like(want[:, 3 * k]))
+        columns.append((ELEMENT_FACTOR * u * (1 + abs_s) + sums) * want[:, 3 * k + 1].abs())
         columns.append(ELEMENT_FACTOR * u * (1 + abs_s * reference.spread[:, k]) + sums)
     return torch.stack(columns, dim=1)
 
@@ -180,7 +208,7 @@ def shift_stats(stats, to):
 
 def assert_stats_close(got, want, reference, dtype, what="stats"):
     """Statistics [G, 6] element by element: m and Z of an empty set must be exactly -inf and 0."""
-    tol = stats_tolerance(reference, dtype)
+    tol = stats_tolerance(want, reference, dtype)
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     same = (got == want) | (got - want).abs().le(tol)
     if not same.all():
