@@ -19,10 +19,12 @@
 # Steps, their limits, and the time each should take on an H100 (estimated from sizes; not yet
 # measured there):
 #   environment          30 s   ~5 s: GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
-#   build               240 s   ~90-120 s: `pip install --no-build-isolation --no-deps -e .` with
+#   build               240 s   ~60-90 s: `pip install --no-index --no-build-isolation --no-deps -e .` with
 #                               ninja, MAX_JOBS=nproc and one architecture (TORCH_CUDA_ARCH_LIST from
-#                               the GPU's capability, 9.0): four translation units in parallel, the
-#                               longest the .cu file's ~34 kernel instantiations or a torch-header .cpp
+#                               the GPU's capability, 9.0): four translation units in parallel; the
+#                               .cu file alone (~34 kernel instantiations) took 22 s for sm_90 on a
+#                               loaded 2-core machine, the .cpp files that include torch's headers
+#                               take longer (~30-60 s each)
 #   cuda_tests          180 s   ~60-90 s: `pytest -m cuda` (tests/test_cuda.py and the cuda-parametrized
 #                               cases), 4 workers when pytest-xdist is there; the largest case is 2^31
 #                               float16 logits (4 GiB, plus 4 GiB of gradient), the slowest the
@@ -44,13 +46,13 @@
 #                               and drawing 4 input sets (~2 GB) take a few more
 #   benchmark_compiled  rest    ~60-120 s: fused and dense_masked_compiled at the same points, as far
 #                               as --budget allows (inductor compiles one graph per dtype, ~30-60 s each)
-# Expected total ~6-7 minutes.
+# Expected total ~5.5-7 minutes; the deadline bounds it at 510 s plus the last step's 5 s grace.
 set -u
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 export PY=${PYTHON:-python3}
-export CPU_MODE=${DEVICE_CHECK_CPU:-0}
-[ "${1:-}" = "--cpu" ] && CPU_MODE=1 && shift
+[ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
+CPU_MODE=${DEVICE_CHECK_CPU:-0}
 DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
 
 # ---------------------------------------------------------------------------------------------
@@ -63,13 +65,16 @@ skip() {
 }
 
 cuda_home() {
-  # CUDA_HOME from nvcc's location when unset (torch's extension builder needs it).
+  # CUDA_HOME, when unset, from nvcc's location (torch's extension builder needs it): the first
+  # candidate that holds the toolkit's headers.
   if [ -z "${CUDA_HOME:-}" ]; then
-    if command -v nvcc >/dev/null 2>&1; then
-      CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-    elif [ -x /usr/local/cuda/bin/nvcc ]; then
-      CUDA_HOME=/usr/local/cuda
-    fi
+    local candidate
+    for candidate in "$(command -v nvcc >/dev/null 2>&1 && dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
+      if [ -n "$candidate" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then
+        CUDA_HOME=$candidate
+        break
+      fi
+    done
   fi
   export CUDA_HOME
   [ -n "${CUDA_HOME:-}" ] && PATH="$CUDA_HOME/bin:$PATH"
@@ -187,11 +192,27 @@ step_sanitizer() {
   echo "$tool: no error in this project's kernels, and every case matches float64"
 }
 
+# benchmark.py "$@" into $OUT_DIR, then its last forward+backward headline again as the last
+# line (for the summary: the table comes last in the benchmark's own output).
+run_benchmark() {
+  local log
+  log=$(mktemp)
+  "$PY" benchmarks/benchmark.py "$@" --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local headline
+  headline=$(grep '^- forward_backward' "$log" | tail -n 1)
+  rm -f "$log"
+  [ -n "$headline" ] && echo "${headline#- }"
+  return "$rc"
+}
+
 step_benchmark() {
-  local args=(--sizes 8x201600x80 --dtypes float32,bfloat16 --device cuda)
-  [ "$CPU_MODE" = 1 ] && args=(--sizes 1x2000x80 --dtypes float32,bfloat16 --device cpu --repeats 5 --warmup 1)
-  "$PY" benchmarks/benchmark.py "${args[@]}" --providers fused,fused_pooled,official_pooled,dense_masked \
-    --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log
+  local providers=fused,fused_pooled,official_pooled,dense_masked
+  if [ "$CPU_MODE" = 1 ]; then
+    run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1
+  else
+    run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers "$providers"
+  fi
 }
 
 step_benchmark_compiled() {
@@ -200,9 +221,7 @@ step_benchmark_compiled() {
   # could not finish and be timed before the limit.
   local budget=$((STEP_LIMIT - 60))
   [ "$budget" -lt 30 ] && skip "skipped: out of time ($STEP_LIMIT s left)"
-  "$PY" benchmarks/benchmark.py --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 \
-    --providers fused,dense_masked_compiled --budget "$budget" \
-    --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log
+  run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers fused,dense_masked_compiled --budget "$budget"
 }
 
 if [ "${1:-}" = "--step" ]; then
@@ -266,7 +285,7 @@ run_step() {
     esac
     echo "=== $name: $status, $secs s" >>"$log"
     echo "=== $name: $status, $secs s"
-    case $status in FAILED*) tail -n 15 "$log" | sed 's/^/    /' ;; esac
+    case $status in FAILED*) tail -n +"$((before + 1))" "$log" | tail -n 15 | sed 's/^/    /' ;; esac
   fi
   names+=("$name")
   statuses+=("$status")

@@ -18,10 +18,8 @@ import sys
 
 import torch
 
-os.environ.setdefault("DRLOSS_POISON_OUTPUTS", "1")  # read by the ops at each call
-
-from drloss_cuda import ops, reference  # noqa: E402
-from drloss_cuda._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU  # noqa: E402
+from drloss_cuda import ops, reference
+from drloss_cuda._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
 
 HYPER = (DEFAULT_POS_LAMBDA, DEFAULT_NEG_LAMBDA, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -119,6 +117,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--seed", type=int, help="default: a fresh one, printed")
     args = parser.parse_args(argv)
+    os.environ["DRLOSS_POISON_OUTPUTS"] = "1"  # the ops read it at each call
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator().manual_seed(seed)
     print(f"sanitizer cases on {args.device}, seed {seed}; errors are in units of the tolerance (<= 1 passes)")
