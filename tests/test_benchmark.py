@@ -144,7 +144,7 @@ def test_timing_interleaves_providers_and_modes():
         return fn
 
     input_sets = [(torch.randn(1, 3, 2, requires_grad=True), torch.full((1, 3), k)) for k in range(2)]
-    times = timing.time_interleaved({"a": recorder("a"), "b": recorder("b")}, timing.MODES, input_sets, "cpu", warmup=1, repeats=3, max_seconds=60)
+    times = timing.time_interleaved({"a": recorder("a"), "b": recorder("b")}, timing.MODES, input_sets, "cpu", warmup=1, repeats=3, max_seconds=60, min_repeats=1)
     assert {pair: len(t) for pair, t in times.items()} == {(n, m): 3 for n in "ab" for m in timing.MODES}
     timed = calls[4:]  # after one warm-up call of each pair
     assert timed == [(name, r % 2) for r in range(3) for name in "abab"]

@@ -12,12 +12,13 @@ from .timing import MODES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
-# --quick: one small point, eager providers, under 30 s even on a loaded 2-core machine. The
-# fast providers get 30 timed calls, the slow ones at least 5 (0.75 s each); the calls of all
-# providers and both modes are interleaved, and each provider's check (a forward and backward
-# call) has warmed it up already, so one more untimed call suffices.
-QUICK = dict(repeats=30, warmup=1, max_seconds=0.75)
-FULL = dict(repeats=20, warmup=3, max_seconds=15.0)
+# --quick: one small point, eager providers, under 30 s even on a heavily loaded 2-core machine
+# (where the peers take 0.3-0.5 s a call). The fused providers get 30 timed calls; the peers,
+# 10-100 times slower, stop after 0.75 s once they have 3. The calls of all providers and both
+# modes are interleaved, and each provider's check (a forward and backward call just before
+# the timing) is its warm-up.
+QUICK = dict(repeats=30, warmup=0, max_seconds=0.75, min_repeats=3)
+FULL = dict(repeats=20, warmup=3, max_seconds=15.0, min_repeats=5)
 
 
 def parse_sizes(text):
@@ -66,7 +67,8 @@ def build_parser():
     p.add_argument("--dtypes", help="comma-separated logits dtypes: float32, bfloat16, float16, float64 (default float32; with neither --sizes nor --dtypes on CUDA: float32 for every size, bfloat16 and float16 at A=201,600)")
     p.add_argument("--repeats", type=int, help=f"timed calls per provider and mode (default {FULL['repeats']}; --quick {QUICK['repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed calls before timing (default {FULL['warmup']}; --quick {QUICK['warmup']})")
-    p.add_argument("--max-seconds", type=float, help=f"stop timing a provider in a mode after this many seconds once 5 calls are timed (default {FULL['max_seconds']:g}; --quick {QUICK['max_seconds']:g})")
+    p.add_argument("--max-seconds", type=float, help=f"stop timing a provider in a mode after this many seconds once --min-repeats calls are timed (default {FULL['max_seconds']:g}; --quick {QUICK['max_seconds']:g})")
+    p.add_argument("--min-repeats", type=int, help=f"timed calls a provider gets in each mode before --max-seconds can stop it (default {FULL['min_repeats']}; --quick {QUICK['min_repeats']})")
     p.add_argument("--input-sets", type=int, help="input sets the timed calls rotate through (default 4 on CUDA, 2 on CPU)")
     p.add_argument("--budget", type=float, help="seconds: no provider's check starts later than this after the run's start; the providers left are reported as skipped (default: no limit)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads before measuring (default: torch's default)")
@@ -121,8 +123,8 @@ def resolve_args(args):
             setattr(args, name, value)
     if args.input_sets is None:
         args.input_sets = 4 if args.device == "cuda" else 2
-    if args.repeats < 1 or args.warmup < 0 or args.input_sets < 1:
-        raise SystemExit("benchmark: --repeats and --input-sets must be >= 1, --warmup >= 0")
+    if args.repeats < 1 or args.min_repeats < 1 or args.warmup < 0 or args.input_sets < 1:
+        raise SystemExit("benchmark: --repeats, --min-repeats and --input-sets must be >= 1, --warmup >= 0")
     if args.budget is not None and args.budget < 0:
         raise SystemExit("benchmark: --budget must be >= 0")
     if args.out_dir is None and not quick:

@@ -72,7 +72,7 @@ def print_header(args, common, seed):
     print(f"device: {args.device} = {common['device_name']}; torch {torch.__version__}; threads {common['threads']}; commit {common['git_commit']}; python {platform.python_version()}; load average {common['load_avg_1m']}")
     print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}")
     budget = f"; budget {args.budget:g} s" if args.budget is not None else ""
-    print(f"points (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; warmup {args.warmup}, repeats {args.repeats} (max {args.max_seconds:g} s a provider and mode), {args.input_sets} input sets, seed {seed}{budget}")
+    print(f"points (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; warmup {args.warmup}, repeats {args.repeats} (at least {args.min_repeats}, at most {args.max_seconds:g} s a provider and mode), {args.input_sets} input sets, seed {seed}{budget}")
     print(f"labels: {POSITIVE_FRACTION:.0%} positive, {IGNORED_FRACTION:.0%} ignored, the rest background; logits ~ N(0, 1)")
 
 
@@ -120,7 +120,7 @@ def time_point(args, point, input_sets, passed, built, common, copy_bw):
     fns = {name: built[name] for name in passed}
     if not fns:
         return []
-    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds)
+    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats)
     rows = []
     for mode in args.modes:
         for name, (loss, loss_err, grad_err) in passed.items():

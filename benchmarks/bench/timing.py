@@ -53,7 +53,7 @@ def time_one_call(fn, logits, labels, mode, device):
     return elapsed
 
 
-def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats=5):
+def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats):
     """Per-call times in ms, {(name, mode): [ms, ...]}, of every provider in `fns` ({name: fn})
     in every mode. After `warmup` untimed calls of each, the timed calls go round all the
     (provider, mode) pairs in turn (round i on input set i mod K), so that a slow spell of the
