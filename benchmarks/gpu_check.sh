@@ -213,7 +213,7 @@ run_benchmark() {
 step_benchmark() {
   local providers=fused,fused_pooled,official_pooled,dense_masked
   if [ "$CPU_MODE" = 1 ]; then
-    run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1
+    run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1 --max-seconds 1
   else
     run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers "$providers"
   fi
