@@ -1,115 +1,324 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run: build the extension with its CUDA kernels, record the
-# machine, run the whole test suite, compute-sanitizer memcheck and racecheck on a small
-# forward + backward, and the benchmark. Each step's log goes under ${OUT:-benchmarks/results/gpu};
-# every step runs whatever the previous ones gave, and a summary table comes last. Exits
-# non-zero when any step failed.
+# The device check: everything that needs a GPU, in one command that fits a 15-minute lease of
+# one H100 (it stops starting steps after DEVICE_CHECK_DEADLINE seconds, 510 by default, so it
+# ends within about 9 minutes, build included).
 #
-#   bash benchmarks/gpu_check.sh                     # every step
-#   bash benchmarks/gpu_check.sh build pytest memcheck racecheck
-#   bash benchmarks/gpu_check.sh benchmark           # after a build, e.g. in a second command
+#   bash benchmarks/gpu_check.sh         # on the GPU machine; logs under $OUT (else a fresh temporary folder)
+#   bash benchmarks/gpu_check.sh --cpu   # its plumbing on a machine without a GPU (also DEVICE_CHECK_CPU=1):
+#                                        # the installed extension, the GPU-only steps reported
+#                                        # 'skipped: no GPU', a small CPU benchmark; well under 2 minutes
 #
-# Needs python3 with a CUDA torch, nvcc and pytest. Naming steps lets a machine that limits the
-# length of one command run the check in parts. BENCH_ARGS overrides the benchmark's arguments
-# (default: the RetinaNet size at N = 2, 8, 16 in float32 and bfloat16).
+# Needs python3 (PYTHON=...) with a CUDA torch, pytest, nvcc, ninja, compute-sanitizer; nothing is
+# downloaded. Each step runs under `timeout` with its own limit, cut to what is left before the
+# deadline; a step that finds under 5 s left is 'skipped: out of time'. Logs (8 files at most):
+# environment.log, build.log, cuda_tests.log, retinanet.log, sanitizer.log (memcheck and
+# racecheck), benchmark.log and benchmark.csv (both benchmark runs), summary.md. The summary table
+# (step, status, seconds, last line) is printed last; the exit status is 1 when a step failed or
+# timed out ('skipped' and 'missing' are reported, not failures).
+#
+# Steps, their limits, and the time each should take on an H100 (estimated from sizes; not yet
+# measured there):
+#   environment          30 s   ~5 s: GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
+#   build               240 s   ~60-90 s: `pip install --no-index --no-build-isolation --no-deps -e .` with
+#                               ninja, MAX_JOBS=nproc and one architecture (TORCH_CUDA_ARCH_LIST from
+#                               the GPU's capability, 9.0): four translation units in parallel; the
+#                               .cu file alone (26 kernel instantiations) took 22 s for sm_90 on a
+#                               loaded 2-core machine, the .cpp files that include torch's headers
+#                               take longer (~30-60 s each)
+#   cuda_tests          180 s   ~60-90 s: `pytest -m cuda` (tests/test_cuda.py and the cuda-parametrized
+#                               cases), 4 workers when pytest-xdist is there; the largest case is 2^31
+#                               float16 logits (4 GiB, plus 4 GiB of gradient), the slowest the
+#                               torch.compile cases (inductor compiles, ~10-30 s each)
+#   retinanet           120 s   ~20-30 s: one torchvision RetinaNet training step on CUDA with the fused
+#                               loss against the reference (tests/test_integrations.py; 'missing' if absent)
+#   memcheck            120 s   ~30-60 s: benchmarks/sanitizer_case.py (32 small cases, every value
+#   racecheck           120 s   ~30-60 s:  checked against float64) under compute-sanitizer, only this
+#                               project's kernels instrumented (--kernel-name kns=drloss); most of the
+#                               time is torch's CUDA start-up under the tool
+#   benchmark           150 s   ~40-60 s: N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
+#                               fused_pooled, official_pooled, dense_masked, the copy bandwidth measured
+#                               in the same run. Logits are 129M elements: 516 MB in float32 (258 MB in
+#                               bfloat16); at the ~3 TB/s an H100 copies, the fused forward (one read)
+#                               takes ~0.2 ms and forward+backward (two reads, one write) ~0.55 ms; the
+#                               official code's masks, gathers and softmaxes move ~10x the bytes
+#                               (~5-30 ms a call), so 20 timed calls of each take seconds; the float64
+#                               check of each point (1 GB of float64 logits, the reference on the GPU)
+#                               and drawing 4 input sets (~2 GB) take a few more
+#   benchmark_compiled  rest    ~60-120 s: fused and dense_masked_compiled at the same points, as far
+#                               as --budget allows (inductor compiles one graph per dtype, ~30-60 s each)
+# Expected total ~5.5-7 minutes; the deadline bounds it at 510 s plus the last step's 5 s grace.
 set -u
-cd "$(dirname "$0")/.."
-OUT_DIR=${OUT:-benchmarks/results/gpu}
-mkdir -p "$OUT_DIR"
-PY=${PYTHON:-python3}
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
+export PY=${PYTHON:-python3}
+[ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
+CPU_MODE=${DEVICE_CHECK_CPU:-0}
+DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
 
-names=()
-codes=()
-notes=()
+# ---------------------------------------------------------------------------------------------
+# Step bodies: run in a child bash under `timeout` (bash gpu_check.sh --step NAME). Exit 0 is ok,
+# 77 skipped and 78 missing (with the reason as the last line printed), anything else failed.
 
-# step NAME LOGFILE COMMAND...: runs COMMAND with its output in LOGFILE (and on the terminal).
-step() {
-  local name=$1 log=$2
-  shift 2
-  echo "=== $name: $*" | tee "$OUT_DIR/$log"
-  "$@" 2>&1 | tee -a "$OUT_DIR/$log"
-  local rc=${PIPESTATUS[0]}
-  echo "=== $name: exit status $rc" | tee -a "$OUT_DIR/$log"
-  names+=("$name")
-  codes+=("$rc")
-  notes+=("$(grep -v '^===' "$OUT_DIR/$log" | grep -v '^[[:space:]]*$' | tail -n 1 | tr '|' '/' | cut -c1-100)")
-  return 0
+skip() {
+  echo "$1"
+  exit 77
 }
 
-environment() {
-  echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
-  command -v nvcc >/dev/null && nvcc --version | tail -n 2 | head -n 1
+cuda_home() {
+  # CUDA_HOME, when unset, from nvcc's location (torch's extension builder needs it): the first
+  # candidate that holds the toolkit's headers.
+  if [ -z "${CUDA_HOME:-}" ]; then
+    local candidate
+    for candidate in "$(command -v nvcc >/dev/null 2>&1 && dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
+      if [ -n "$candidate" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then
+        CUDA_HOME=$candidate
+        break
+      fi
+    done
+  fi
+  export CUDA_HOME
+  [ -n "${CUDA_HOME:-}" ] && PATH="$CUDA_HOME/bin:$PATH"
+  # ninja comes with the Python environment.
+  PATH="$(dirname "$(readlink -f "$(command -v "$PY")")"):$(dirname "$(command -v "$PY")"):$PATH"
+  export PATH
+}
+
+step_environment() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); host: $(uname -srm), $(nproc) cores"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes, or no git)')"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+    nvidia-smi | grep -m1 "Driver Version"
+  else
+    echo "nvidia-smi: not found"
+  fi
+  cuda_home
+  echo "CUDA_HOME: ${CUDA_HOME:-unset}; nvcc: $(command -v nvcc >/dev/null 2>&1 && nvcc --version | grep -m1 release || echo 'not found'); ninja: $(ninja --version 2>/dev/null || echo 'not found')"
+  echo "compute-sanitizer: $(find_sanitizer >/dev/null && "$(find_sanitizer)" --version | grep -m1 -i version || echo 'not found')"
   "$PY" - <<'PYEOF'
+import platform
 import torch
-print("torch:", torch.__version__, "CUDA:", torch.version.cuda, "available:", torch.cuda.is_available())
+try:
+    import torchvision
+    vision = torchvision.__version__
+except ImportError:
+    vision = "not installed"
+print(f"python {platform.python_version()}; torch {torch.__version__} (CUDA {torch.version.cuda}); torchvision {vision}")
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
-    print("GPU:", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs", f"{p.total_memory / 2**30:.1f} GiB")
+    print(f"GPU: {p.name}, capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB")
+else:
+    print("GPU: none visible to torch")
 PYEOF
 }
 
-build() {
-  FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -v -e . || return $?
-  "$PY" -c "import drloss_cuda; info = drloss_cuda.build_info(); print('build_info:', info); assert info['cuda'], 'built without CUDA kernels'"
-}
-
-tests() {
-  "$PY" -m pytest -q -rs tests
-}
-
-sanitizer() {
-  local tool=$1
-  if ! command -v compute-sanitizer >/dev/null 2>&1; then
-    for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
-      [ -x "$d/compute-sanitizer" ] && PATH="$d:$PATH"
-    done
+step_build() {
+  if [ "$CPU_MODE" = 1 ]; then
+    "$PY" -c "import drloss_cuda; print('installed extension:', drloss_cuda.build_info())" || exit 1
+    skip "skipped: no GPU"
   fi
-  if ! command -v compute-sanitizer >/dev/null 2>&1; then
-    echo "compute-sanitizer not found"
-    return 127
+  cuda_home
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || exit 1
+  export TORCH_CUDA_ARCH_LIST MAX_JOBS=$(nproc) DRLOSS_USE_NINJA=1 FORCE_CUDA=1
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=$CUDA_HOME ninja $(ninja --version 2>/dev/null || echo 'not found')"
+  "$PY" -m pip install --no-index --no-build-isolation --no-deps -v -e . || exit 1
+  "$PY" -c "import drloss_cuda, drloss_cuda._C as c; info = drloss_cuda.build_info(); print('built', c.__file__, info); assert info['cuda'], 'built without the CUDA kernels'"
+}
+
+# pytest "$@", failing when no test passed (a check whose every test skipped checked nothing).
+pytest_some_pass() {
+  local log
+  log=$(mktemp)
+  "$PY" -m pytest "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local last
+  last=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1)
+  rm -f "$log"
+  [ "$rc" -ne 0 ] && exit "$rc"
+  if ! echo "$last" | grep -q " passed"; then
+    echo "no test passed: $last"
+    exit 1
+  fi
+  echo "$last"
+}
+
+step_cuda_tests() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  local workers=()
+  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+  pytest_some_pass -q -rs -m cuda "${workers[@]}" tests
+}
+
+step_retinanet() {
+  if [ ! -f tests/test_integrations.py ]; then
+    echo "missing: tests/test_integrations.py is not in this checkout"
+    exit 78
+  fi
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  pytest_some_pass -q -rs tests/test_integrations.py -k "retinanet and cuda"
+}
+
+find_sanitizer() {
+  local candidate
+  for candidate in "$(command -v compute-sanitizer 2>/dev/null)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+    /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] && echo "$candidate" && return 0
+  done
+  return 1
+}
+
+# compute-sanitizer --tool $1 on sanitizer_case.py, only this project's kernels instrumented.
+step_sanitizer() {
+  local tool=$1
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  cuda_home
+  local sanitizer
+  sanitizer=$(find_sanitizer) || { echo "compute-sanitizer not found"; exit 1; }
+  # The filter matches a substring of the mangled kernel names (namespace drloss::cuda); make
+  # sure it matches the kernels in this build, so that a clean report means they were checked.
+  local so
+  so=$("$PY" -c "import drloss_cuda._C as c; print(c.__file__)") || exit 1
+  local sass
+  sass=$(mktemp)
+  if command -v cuobjdump >/dev/null 2>&1 && cuobjdump -sass "$so" >"$sass" 2>&1; then
+    local kernels
+    kernels=$(grep -o 'Function : [^ ]*' "$sass" | grep -c drloss)
+    echo "$tool: the filter kns=drloss matches $kernels kernel instantiations in $(basename "$so")"
+    rm -f "$sass"
+    [ "$kernels" -gt 0 ] || { echo "the kernel filter matches no kernel: nothing would be checked"; exit 1; }
+  else
+    echo "cuobjdump could not list the kernels: $(tail -n 1 "$sass" 2>/dev/null)"
+    rm -f "$sass"
   fi
   # The CUDA caching allocator hides out-of-bounds accesses inside its blocks: turn it off.
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 99 \
-    --target-processes all "$PY" benchmarks/sanitizer_case.py
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --kernel-name kns=drloss \
+    --error-exitcode 99 --print-limit 20 "$PY" benchmarks/sanitizer_case.py || exit $?
+  echo "$tool: no error in this project's kernels, and every case matches float64"
 }
 
-benchmark() {
-  if [ ! -f benchmarks/benchmark.py ]; then
-    echo "benchmarks/benchmark.py does not exist: no benchmark run"
-    return 3
+# benchmark.py "$@" into $OUT_DIR, then its last forward+backward headline again as the last
+# line (for the summary: the table comes last in the benchmark's own output).
+run_benchmark() {
+  local log
+  log=$(mktemp)
+  "$PY" benchmarks/benchmark.py "$@" --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local headline
+  headline=$(grep '^- forward_backward' "$log" | tail -n 1)
+  rm -f "$log"
+  [ -n "$headline" ] && echo "${headline#- }"
+  return "$rc"
+}
+
+step_benchmark() {
+  local providers=fused,fused_pooled,official_pooled,dense_masked
+  if [ "$CPU_MODE" = 1 ]; then
+    run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1 --max-seconds 1
+  else
+    run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers "$providers"
   fi
-  # shellcheck disable=SC2086
-  "$PY" benchmarks/benchmark.py --device cuda ${BENCH_ARGS:---sizes 2x201600x80,8x201600x80,16x201600x80 --dtypes float32,bfloat16 --max-seconds 5}
 }
 
-wanted=("$@")
-[ ${#wanted[@]} -eq 0 ] && wanted=(build pytest memcheck racecheck benchmark)
-step environment environment.log environment
-for name in "${wanted[@]}"; do
-  case "$name" in
-    build) step build build.log build ;;
-    pytest) step pytest pytest.log tests ;;
-    memcheck) step memcheck memcheck.log sanitizer memcheck ;;
-    racecheck) step racecheck racecheck.log sanitizer racecheck ;;
-    benchmark) step benchmark benchmark.log benchmark ;;
-    *) echo "gpu_check: unknown step '$name' (build, pytest, memcheck, racecheck, benchmark)" >&2; exit 2 ;;
+step_benchmark_compiled() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  # No provider's check starts in the last 60 s of the step's limit: a compile started then
+  # could not finish and be timed before the limit.
+  local budget=$((STEP_LIMIT - 60))
+  [ "$budget" -lt 30 ] && skip "skipped: out of time ($STEP_LIMIT s left)"
+  run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers fused,dense_masked_compiled --budget "$budget"
+}
+
+if [ "${1:-}" = "--step" ]; then
+  case "$2" in
+    environment) step_environment ;;
+    build) step_build ;;
+    cuda_tests) step_cuda_tests ;;
+    retinanet) step_retinanet ;;
+    memcheck) step_sanitizer memcheck ;;
+    racecheck) step_sanitizer racecheck ;;
+    benchmark) step_benchmark ;;
+    benchmark_compiled) step_benchmark_compiled ;;
+    *) echo "gpu_check: unknown step $2" >&2; exit 2 ;;
   esac
-done
+  exit $?
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The driver: each step in turn under its limit, then the summary.
+
+if [ -n "${1:-}" ]; then
+  echo "usage: bash benchmarks/gpu_check.sh [--cpu]" >&2
+  exit 2
+fi
+if [ -n "${OUT:-}" ]; then
+  OUT_DIR=$OUT
+else
+  OUT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/drloss-device-check-XXXXXX")
+fi
+mkdir -p "$OUT_DIR"
+export OUT_DIR
+export PYTHONUNBUFFERED=1
+START=$SECONDS
+names=() statuses=() seconds=() lasts=()
+
+# run_step NAME LIMIT LOGFILE: the step's output is appended to LOGFILE.
+run_step() {
+  local name=$1 limit=$2 log="$OUT_DIR/$3"
+  local left=$((DEADLINE - (SECONDS - START)))
+  local status last secs=0
+  if [ "$left" -lt 5 ]; then
+    status="skipped: out of time"
+    last="under 5 s left of the ${DEADLINE} s deadline"
+  else
+    [ "$limit" -gt "$left" ] && limit=$left
+    local before=0
+    [ -f "$log" ] && before=$(wc -l <"$log")
+    echo "=== $name (limit $limit s)" >>"$log"
+    echo "=== $name (limit $limit s, log $log)"
+    local t0=$SECONDS
+    STEP_LIMIT=$limit timeout -k 5 "$limit" bash "$SELF" --step "$name" >>"$log" 2>&1
+    local rc=$?
+    secs=$((SECONDS - t0))
+    last=$(tail -n +"$((before + 2))" "$log" | grep -v '^[[:space:]]*$' | tail -n 1 | tr '|' '/' | cut -c1-160)
+    case $rc in
+      0) status=ok ;;
+      77) status=$last ;;
+      78) status=missing ;;
+      124 | 137) status="FAILED: timeout after $limit s" ;;
+      *) status="FAILED (exit $rc)" ;;
+    esac
+    echo "=== $name: $status, $secs s" >>"$log"
+    echo "=== $name: $status, $secs s"
+    case $status in FAILED*) tail -n +"$((before + 1))" "$log" | tail -n 15 | sed 's/^/    /' ;; esac
+  fi
+  names+=("$name")
+  statuses+=("$status")
+  seconds+=("$secs")
+  lasts+=("$last")
+}
+
+echo "device check$([ "$CPU_MODE" = 1 ] && echo ' (CPU mode)'): logs in $OUT_DIR, deadline $DEADLINE s"
+run_step environment 30 environment.log
+run_step build 240 build.log
+run_step cuda_tests 180 cuda_tests.log
+run_step retinanet 120 retinanet.log
+run_step memcheck 120 sanitizer.log
+run_step racecheck 120 sanitizer.log
+run_step benchmark 150 benchmark.log
+run_step benchmark_compiled 600 benchmark.log
 
 failed=0
 {
   echo
-  echo "| step | exit status | last lines |"
-  echo "| --- | --- | --- |"
+  echo "| step | status | seconds | last line |"
+  echo "| --- | --- | --- | --- |"
   for i in "${!names[@]}"; do
-    echo "| ${names[$i]} | ${codes[$i]} | ${notes[$i]} |"
+    echo "| ${names[$i]} | ${statuses[$i]} | ${seconds[$i]} | ${lasts[$i]} |"
   done
   echo
-  echo "logs: $OUT_DIR"
+  echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
 } | tee "$OUT_DIR/summary.md"
-for c in "${codes[@]}"; do
-  [ "$c" -ne 0 ] && failed=1
+for status in "${statuses[@]}"; do
+  case $status in FAILED*) failed=1 ;; esac
 done
 exit $failed

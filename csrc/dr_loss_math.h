@@ -1,15 +1,28 @@
-// The per-element math of the sigmoid DR loss and the online-softmax triple.
+// The per-element math of the sigmoid DR loss and every numerical policy of its kernels.
 //
 // This header is the one place where the formulas live. It is included by the CPU kernels
-// (csrc/cpu) and by the CUDA kernels (csrc/cuda), so both devices compute the same function.
-// It depends on nothing but the C++ standard library, so the .cu files that include it compile
-// with plain nvcc, without torch headers.
+// (csrc/cpu) and by the CUDA kernels (csrc/cuda), so both devices compute the same function
+// with the same shifts and the same kind of summation. It depends on nothing but the C++
+// standard library, so the .cu files that include it compile with plain nvcc.
 //
 // Notation (see "The math" in docs/design.md): p = sigmoid(x); for negatives the softmax
 // exponent is s_neg * p with s_neg = 1 / neg_lambda, for positives s_pos * p with
-// s_pos = -1 / pos_lambda.
-// A group's expectation E = sum(p * e^(s p)) / sum(e^(s p)) is kept as the triple
-// (m, Z, W) = (running max of s p, sum e^(s p - m), sum p e^(s p - m)), E = W / Z.
+// s_pos = -1 / pos_lambda. The kernels work with base-2 exponents t = s2 * p, s2 = s * log2(e),
+// so every exponential is one exp2 (a single instruction on the GPU).
+// A group's expectation E = sum(p * 2^(t - m)) / sum(2^(t - m)) is kept as the triple
+// (m, Z, W) = (shift, sum 2^(t - m), sum p 2^(t - m)), E = W / Z.
+//
+// Numerical policies (both devices):
+//  1. Shift. A sign whose |s| <= kFixedShiftLimit is shifted by the fixed m = max(s2, 0), the
+//     largest exponent p in [0, 1] can give: every term 2^(t - m) then lies in [2^-93, 1], a
+//     normal float, and no max has to be found. A larger |s| (a temperature below 1/64) is
+//     shifted by the running max of its exponents. The saved statistics hold that m.
+//  2. Summation. Terms are computed in the accumulation type (float, double for double logits).
+//     A plain sum covers at most kMaxPlainTerms terms (one 16-byte vector of logits on the GPU,
+//     a single term on the CPU); those partial sums are added with compensation (Kahan), so the
+//     error does not grow with the number of terms (a dense column of 2048 equal positives
+//     added one by one in float would be off by ~1e-4). Partials of blocks and chunks are merged
+//     in double, in a fixed order.
 #pragma once
 
 #include <cmath>
@@ -26,10 +39,12 @@
 namespace drloss {
 
 using std::exp;
+using std::exp2;
 using std::fabs;
 using std::log1p;
 
 // Layout of the per-group statistics the forward saves for the backward: [groups, kNumStats].
+// The shifts are base-2 exponents (policy 1 above).
 enum StatIndex : int {
   kNegMax = 0,   // m of the negatives' triple (-inf when the group has no negative)
   kNegSum = 1,   // Z of the negatives' triple (0 when the group has no negative)
@@ -42,6 +57,12 @@ enum StatIndex : int {
 
 enum ElementKind : int { kIgnored = 0, kNegative = 1, kPositive = 2 };
 
+constexpr double kLog2e = 1.4426950408889634;
+// Policy 1: exponent scales |s| up to this use a fixed shift.
+constexpr double kFixedShiftLimit = 64.0;
+// Policy 2: the most terms a plain (uncompensated) sum may cover.
+constexpr int kMaxPlainTerms = 8;
+
 // What entry (anchor with label `label`, class column `cls`) is. Labels below zero are ignored;
 // label - first_label == cls marks the positive; every other entry of a counted anchor
 // (including every entry of a background anchor, whatever its label) is negative.
@@ -51,11 +72,101 @@ DRLOSS_HD int element_kind(label_t label, int64_t cls, int64_t first_label) {
   return (static_cast<int64_t>(label) - first_label == cls) ? kPositive : kNegative;
 }
 
-// The hyperparameters, in the accumulation type.
+// The same, for a whole anchor: whether it counts, and its positive class column (-1 if none).
+// first_label >= 0 and label >= 0 here, so label - first_label cannot overflow.
+template <typename label_t>
+DRLOSS_HD int64_t positive_column(label_t label, int64_t classes, int64_t first_label) {
+  const int64_t column = static_cast<int64_t>(label) - first_label;
+  return (label >= 0 && column >= 0 && column < classes) ? column : int64_t(-1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementary functions.
+//
+// exp2_approx(float): on the GPU the hardware ex2.approx.ftz (one MUFU instruction, ~2 ulp);
+// on the CPU a branch-free polynomial (round to nearest, then the degree-7 Taylor series of
+// 2^f = e^(f ln 2) on |f| <= 1/2, truncation error 5e-9) that compilers vectorize inside the
+// kernels' loops, where libm's exp2f does not. Results below 2^-126 flush to 0 on both.
+// reciprocal(float): rcp.approx.ftz on the GPU (1 ulp), a division on the CPU.
+// For double, the libm functions and a division everywhere.
+DRLOSS_HD float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  // Clamp so that 2^n stays a normal float, then fix the ends with selects (NaN passes
+  // through: every comparison with NaN is false and the polynomial of NaN is NaN).
+  float xc = x > 126.0f ? 126.0f : x;
+  xc = xc < -126.0f ? -126.0f : xc;
+  // Round to nearest by the 1.5 * 2^23 trick: branch-free and vectorizable without SSE4.1.
+  const float shifter = 12582912.0f;
+  const float nf = (xc + shifter) - shifter;
+  const float f = xc - nf;  // exact, in [-1/2, 1/2]
+  float poly = 1.5252733804059838e-05f;  // (ln 2)^k / k!, k = 7 .. 0
+  poly = poly * f + 1.5403530393381606e-04f;
+  poly = poly * f + 1.3333558146428441e-03f;
+  poly = poly * f + 9.6181291076284772e-03f;
+  poly = poly * f + 5.5504108664821576e-02f;
+  poly = poly * f + 2.4022650695910071e-01f;
+  poly = poly * f + 6.9314718055994531e-01f;
+  poly = poly * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(nf) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  float result = poly * two_n;
+  result = x > 126.0f ? std::numeric_limits<float>::infinity() : result;
+  result = x < -126.0f ? 0.0f : result;
+  return result;
+#endif
+}
+
+DRLOSS_HD double exp2_approx(double x) { return exp2(x); }
+
+DRLOSS_HD float reciprocal(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return 1.0f / x;
+#endif
+}
+
+DRLOSS_HD double reciprocal(double x) { return 1.0 / x; }
+
+// p = 1 / (1 + e^-x) = 1 / (1 + 2^(-x log2 e)). x = -inf gives 0, x = +inf gives 1.
+template <typename acc_t>
+DRLOSS_HD acc_t sigmoid(acc_t x) {
+  return reciprocal(acc_t(1) + exp2_approx(x * acc_t(-kLog2e)));
+}
+
+// Policy 2: adds x to the compensated sum (hi, lo); the sum's value is hi - lo.
+template <typename acc_t>
+DRLOSS_HD void compensated_add(acc_t& hi, acc_t& lo, acc_t x) {
+  const acc_t y = x - lo;
+  const acc_t t = hi + y;
+  lo = (t - hi) - y;
+  hi = t;
+}
+
+template <typename acc_t>
+DRLOSS_HD double compensated_value(acc_t hi, acc_t lo) {
+  return static_cast<double>(hi) - static_cast<double>(lo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hyperparameters, in the accumulation type, and the shift policy.
 template <typename acc_t>
 struct Hyper {
-  acc_t s_neg;   // 1 / neg_lambda
-  acc_t s_pos;   // -1 / pos_lambda
+  acc_t s_neg;       // 1 / neg_lambda
+  acc_t s_pos;       // -1 / pos_lambda
+  acc_t s2_neg;      // s_neg * log2(e): base-2 exponent scale
+  acc_t s2_pos;
+  acc_t shift_neg;   // the fixed base-2 shift (policy 1), when fixed_neg
+  acc_t shift_pos;
+  bool fixed_neg;
+  bool fixed_pos;
   acc_t L;
   acc_t tau;
   acc_t margin;
@@ -65,8 +176,17 @@ template <typename acc_t>
 DRLOSS_HD Hyper<acc_t> make_hyper(double pos_lambda, double neg_lambda, double L, double tau,
                                   double margin) {
   Hyper<acc_t> h;
-  h.s_neg = static_cast<acc_t>(1.0 / neg_lambda);
-  h.s_pos = static_cast<acc_t>(-1.0 / pos_lambda);
+  const double s_neg = 1.0 / neg_lambda;
+  const double s_pos = -1.0 / pos_lambda;
+  h.s_neg = static_cast<acc_t>(s_neg);
+  h.s_pos = static_cast<acc_t>(s_pos);
+  h.s2_neg = static_cast<acc_t>(s_neg * kLog2e);
+  h.s2_pos = static_cast<acc_t>(s_pos * kLog2e);
+  // The largest exponent s2 * p can reach for p in [0, 1].
+  h.shift_neg = h.s2_neg > acc_t(0) ? h.s2_neg : acc_t(0);
+  h.shift_pos = h.s2_pos > acc_t(0) ? h.s2_pos : acc_t(0);
+  h.fixed_neg = fabs(s_neg) <= kFixedShiftLimit;
+  h.fixed_pos = fabs(s_pos) <= kFixedShiftLimit;
   h.L = static_cast<acc_t>(L);
   h.tau = static_cast<acc_t>(tau);
   h.margin = static_cast<acc_t>(margin);
@@ -74,54 +194,12 @@ DRLOSS_HD Hyper<acc_t> make_hyper(double pos_lambda, double neg_lambda, double L
 }
 
 // ---------------------------------------------------------------------------------------------
-// Elementary functions.
-//
-// exp_approx(float) is a branch-free exp (Cody-Waite reduction, degree-6 polynomial, ~1 ulp)
-// that compilers vectorize inside the CPU kernels' loops; libm's expf does not vectorize. On
-// the GPU the hardware path (expf) is used instead. For double, std::exp everywhere.
-DRLOSS_HD float exp_approx(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  // Clamp so that 2^n stays a normal float, then fix the ends with selects (NaN passes through:
-  // every comparison with NaN is false and the polynomial of NaN is NaN).
-  float xc = x > 88.0f ? 88.0f : x;
-  xc = xc < -87.0f ? -87.0f : xc;
-  // Round-to-nearest by the 1.5 * 2^23 trick: branch-free and vectorizable without SSE4.1.
-  const float shifter = 12582912.0f;
-  const float nf = (xc * 1.44269504088896341f + shifter) - shifter;
-  const float r = (xc - nf * 0.693359375f) - nf * (-2.12194440e-4f);
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  const float er = poly * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(nf) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  float result = er * two_n;
-  result = x > 88.72283f ? std::numeric_limits<float>::infinity() : result;
-  result = x < -87.33654f ? 0.0f : result;
-  return result;
-#endif
-}
-
-DRLOSS_HD double exp_approx(double x) { return exp(x); }
-
-template <typename acc_t>
-DRLOSS_HD acc_t sigmoid(acc_t x) {
-  return acc_t(1) / (acc_t(1) + exp_approx(-x));
-}
-
-// ---------------------------------------------------------------------------------------------
-// The online-softmax triple.
+// The softmax triple of a set of elements, as partials are merged (in double on both devices).
 template <typename acc_t>
 struct SoftmaxTriple {
-  acc_t m;  // running max of the exponents
-  acc_t z;  // sum of e^(exponent - m)
-  acc_t w;  // sum of p * e^(exponent - m)
+  acc_t m;  // the shift (base-2 exponent); -inf for the empty set
+  acc_t z;  // sum of 2^(t - m)
+  acc_t w;  // sum of p * 2^(t - m)
 
   DRLOSS_HD static SoftmaxTriple empty() {
     SoftmaxTriple t;
@@ -131,24 +209,29 @@ struct SoftmaxTriple {
     return t;
   }
 
-  // Adds one element of probability p and exponent e = s * p.
-  DRLOSS_HD void add(acc_t p, acc_t e) {
-    if (e > m) {  // a new max: rescale what is there (e^(-inf) = 0 covers the empty triple)
-      const acc_t scale = exp_approx(m - e);
-      z *= scale;
-      w *= scale;
-      m = e;
-    }
-    const acc_t weight = exp_approx(e - m);  // NaN for a NaN e, which then poisons z and w
-    z += weight;
-    w += p * weight;
+  // A triple from compensated sums against shift m. Every term is positive (policy 1 keeps it
+  // at least 2^-93), so z == 0 means that no term was added: the empty set. A NaN z counts as
+  // non-empty and carries its NaN to the loss.
+  template <typename sum_t>
+  DRLOSS_HD static SoftmaxTriple from_sums(double m, sum_t z_hi, sum_t z_lo, sum_t w_hi,
+                                           sum_t w_lo) {
+    if (z_hi == sum_t(0) && z_lo == sum_t(0)) return empty();
+    SoftmaxTriple t;
+    t.m = static_cast<acc_t>(m);
+    t.z = static_cast<acc_t>(compensated_value(z_hi, z_lo));
+    t.w = static_cast<acc_t>(compensated_value(w_hi, w_lo));
+    return t;
+  }
+
+  DRLOSS_HD bool is_empty() const {
+    return z == acc_t(0) && m == -std::numeric_limits<acc_t>::infinity();
   }
 
   // Adds another triple; associative up to rounding. Merging in a fixed order is what makes
   // the result independent of the thread count.
   DRLOSS_HD void merge(const SoftmaxTriple& other) {
-    if (other.z == acc_t(0) && other.m == -std::numeric_limits<acc_t>::infinity()) return;
-    if (z == acc_t(0) && m == -std::numeric_limits<acc_t>::infinity()) {
+    if (other.is_empty()) return;
+    if (is_empty()) {
       *this = other;
       return;
     }
@@ -158,28 +241,53 @@ struct SoftmaxTriple {
       return;
     }
     const acc_t new_m = m > other.m ? m : other.m;
-    const acc_t self_scale = exp_approx(m - new_m);
-    const acc_t other_scale = exp_approx(other.m - new_m);
+    const acc_t self_scale = exp2_approx(m - new_m);
+    const acc_t other_scale = exp2_approx(other.m - new_m);
     z = z * self_scale + other.z * other_scale;
     w = w * self_scale + other.w * other_scale;
     m = new_m;
   }
 
-  template <typename other_t>
-  DRLOSS_HD SoftmaxTriple<other_t> cast() const {
-    SoftmaxTriple<other_t> t;
-    t.m = static_cast<other_t>(m);
-    t.z = static_cast<other_t>(z);
-    t.w = static_cast<other_t>(w);
-    return t;
-  }
-
-  DRLOSS_HD bool is_empty() const {
-    return z == acc_t(0) && m == -std::numeric_limits<acc_t>::infinity();
-  }
-
   // E = W / Z, or `if_empty` for an empty set (a NaN in z makes the result NaN, as it should).
   DRLOSS_HD acc_t expectation(acc_t if_empty) const { return is_empty() ? if_empty : w / z; }
+};
+
+// One sign's compensated sums against its shift (policy 1). A sign with a fixed shift starts
+// at m = that shift, and no exponent s2 * p with p in [0, 1] exceeds it, so the rescaling
+// branch below is never taken; any other sign starts at m = -inf and follows its running max.
+template <typename acc_t>
+struct RunningMaxSums {
+  acc_t m, z_hi, z_lo, w_hi, w_lo;
+
+  DRLOSS_HD static RunningMaxSums start(bool fixed, acc_t shift) {
+    return RunningMaxSums{fixed ? shift : -std::numeric_limits<acc_t>::infinity(), acc_t(0),
+                          acc_t(0), acc_t(0), acc_t(0)};
+  }
+  DRLOSS_HD static RunningMaxSums start_negatives(const Hyper<acc_t>& h) {
+    return start(h.fixed_neg, h.shift_neg);
+  }
+  DRLOSS_HD static RunningMaxSums start_positives(const Hyper<acc_t>& h) {
+    return start(h.fixed_pos, h.shift_pos);
+  }
+
+  // Adds one element of probability p and base-2 exponent t.
+  DRLOSS_HD void add(acc_t p, acc_t t) {
+    if (t > m) {  // cold: a new max; rescale what is there (2^(-inf) = 0 covers the empty state)
+      const acc_t scale = exp2_approx(m - t);
+      z_hi *= scale;
+      z_lo *= scale;
+      w_hi *= scale;
+      w_lo *= scale;
+      m = t;
+    }
+    const acc_t weight = exp2_approx(t - m);  // NaN for a NaN t, which then poisons the sums
+    compensated_add(z_hi, z_lo, weight);
+    compensated_add(w_hi, w_lo, p * weight);
+  }
+
+  DRLOSS_HD SoftmaxTriple<double> triple() const {
+    return SoftmaxTriple<double>::from_sums(m, z_hi, z_lo, w_hi, w_lo);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -189,14 +297,14 @@ struct SoftmaxTriple {
 template <typename acc_t>
 DRLOSS_HD acc_t group_loss(acc_t e_neg, acc_t e_pos, const Hyper<acc_t>& h) {
   const acc_t z = h.L * (e_neg - e_pos + h.margin);
-  const acc_t softplus = (z > acc_t(0) ? z : acc_t(0)) + log1p(exp_approx(-fabs(z)));
+  const acc_t softplus = (z > acc_t(0) ? z : acc_t(0)) + log1p(exp(-fabs(z)));
   return h.tau / h.L * softplus;
 }
 
 // dloss/dE_neg = tau * sigmoid(L * d) = -dloss/dE_pos.
 template <typename acc_t>
 DRLOSS_HD acc_t group_loss_slope(acc_t e_neg, acc_t e_pos, const Hyper<acc_t>& h) {
-  return h.tau * sigmoid(h.L * (e_neg - e_pos + h.margin));
+  return h.tau / (acc_t(1) + exp(-h.L * (e_neg - e_pos + h.margin)));
 }
 
 // Turns a group's two triples into its loss and the statistics saved for the backward.
@@ -214,8 +322,8 @@ DRLOSS_HD acc_t finalize_group(const SoftmaxTriple<acc_t>& neg, const SoftmaxTri
   return group_loss(e_neg, e_pos, h);
 }
 
-// Per-group constants of the backward. For an element of sign k (exponent scale s_k):
-//   dloss/dx = coef_k * e^(s_k p - m_k) * (1 + s_k (p - E_k)) * p (1 - p)
+// Per-group constants of the backward. For an element of sign k:
+//   dloss/dx = coef_k * 2^(s2_k p - m_k) * (1 + s_k (p - E_k)) * p (1 - p)
 // with coef_neg = g * slope / Z_neg and coef_pos = -g * slope / Z_pos, because
 //   dE/dp = softmax weight * (1 + s (p - E)) for either sign (s_pos = -1 / pos_lambda).
 template <typename acc_t>
@@ -239,18 +347,28 @@ DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
   return gg;
 }
 
-// dloss/dx of one element with probability p; `s`, `coef`, `max`, `mean` are its sign's.
+// dloss/dx of one element with probability p; `s`, `s2`, `coef`, `max`, `mean` are its sign's.
 template <typename acc_t>
-DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t coef, acc_t max, acc_t mean) {
-  const acc_t weight = exp_approx(s * p - max);
+DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t s2, acc_t coef, acc_t max, acc_t mean) {
+  const acc_t weight = exp2_approx(s2 * p - max);
   return coef * weight * (acc_t(1) + s * (p - mean)) * (p * (acc_t(1) - p));
+}
+
+template <typename acc_t>
+DRLOSS_HD acc_t negative_grad(acc_t p, const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h) {
+  return element_grad(p, h.s_neg, h.s2_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
+}
+
+template <typename acc_t>
+DRLOSS_HD acc_t positive_grad(acc_t p, const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h) {
+  return element_grad(p, h.s_pos, h.s2_pos, gg.pos_coef, gg.pos_max, gg.pos_mean);
 }
 
 template <typename acc_t>
 DRLOSS_HD acc_t element_grad(acc_t p, int kind, const GroupGrad<acc_t>& gg,
                              const Hyper<acc_t>& h) {
-  if (kind == kNegative) return element_grad(p, h.s_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
-  if (kind == kPositive) return element_grad(p, h.s_pos, gg.pos_coef, gg.pos_max, gg.pos_mean);
+  if (kind == kNegative) return negative_grad(p, gg, h);
+  if (kind == kPositive) return positive_grad(p, gg, h);
   return acc_t(0);
 }
 

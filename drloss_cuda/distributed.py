@@ -59,8 +59,9 @@ def reduce_stats(stats, process_group):
 
     nonempty = local_z > 0
     zero = torch.zeros_like(local_z)
-    # exp(m_p - M) <= 1; for an empty sign m_p - M is -inf or NaN (-inf - -inf), masked away.
-    scale = torch.where(nonempty, torch.exp(local_m - global_m), zero)
+    # The shifts m are base-2 exponents (csrc/dr_loss_math.h), so the rescale is 2^(m_p - M) <= 1;
+    # for an empty sign m_p - M is -inf or NaN (-inf - -inf), masked away.
+    scale = torch.where(nonempty, torch.exp2(local_m - global_m), zero)
     z_and_w = torch.cat([torch.where(nonempty, local_z * scale, zero),
                          torch.where(nonempty, local_e * local_z * scale, zero)])
     dist.all_reduce(z_and_w, op=dist.ReduceOp.SUM, group=process_group)

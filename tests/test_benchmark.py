@@ -1,6 +1,7 @@
-"""The benchmark script: its --quick run writes well-formed rows, and its correctness check
-rejects a provider that computes the wrong loss or the wrong gradient. Timings are never
-asserted on."""
+"""The benchmark (benchmarks/benchmark.py and its parts in benchmarks/bench/): its --quick run
+writes well-formed rows to a fresh folder, its correctness check rejects a provider that
+computes the wrong loss or the wrong gradient, its timing interleaves providers and modes, and
+its report flags figures that noise has made contradictory. Timings are never asserted on."""
 
 import csv
 import math
@@ -16,24 +17,27 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import benchmark  # noqa: E402
+from bench import checks, memory, options, peers, providers, table, timing  # noqa: E402
+from bench.csv_rows import CSV_COLUMNS, append_csv  # noqa: E402
+from bench.inputs import make_inputs  # noqa: E402
 
 FIGURES = ["median_ms", "p20_ms", "p80_ms", "min_ms", "floor_bytes", "achieved_gbps", "copy_gbps", "floor_fraction", "loss"]
-EAGER = [name for name, p in benchmark.PROVIDERS.items() if not p.compiled]
+EAGER = [name for name, p in providers.PROVIDERS.items() if not p.compiled]
 
 
 def read_rows(path):
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == benchmark.CSV_COLUMNS
+        assert reader.fieldnames == CSV_COLUMNS
         return list(reader)
 
 
-def check_rows(rows, providers, modes, sizes):
+def check_rows(rows, names, modes, sizes):
     assert sorted((r["provider"], r["mode"], int(r["N"]), int(r["A"]), int(r["C"])) for r in rows) == sorted(
-        (p, m, n, a, c) for p in providers for m in modes for n, a, c in sizes
+        (p, m, n, a, c) for p in names for m in modes for n, a, c in sizes
     )
     for r in rows:
-        for column in benchmark.CSV_COLUMNS:
+        for column in CSV_COLUMNS:
             assert r[column] != "", (column, r)
         for column in FIGURES:
             value = float(r[column])
@@ -45,7 +49,7 @@ def check_rows(rows, providers, modes, sizes):
         assert int(r["repeats"]) >= 1 and int(r["threads"]) >= 1
         assert r["dtype"] == "float32" and r["device"] == "cpu" and r["quick"] == "1"
         assert r["torch_version"] == torch.__version__
-        loss_tol, grad_tol = benchmark.PROVIDERS[r["provider"]].tolerances[torch.float32]
+        loss_tol, grad_tol = providers.PROVIDERS[r["provider"]].tolerances[torch.float32]
         assert 0 <= float(r["loss_rel_err"]) <= loss_tol and 0 <= float(r["grad_rel_err"]) <= grad_tol
     # Every row of one run shares the run's identity.
     assert len({(r["run_id"], r["git_commit"], r["device_name"]) for r in rows}) == 1
@@ -62,23 +66,50 @@ def test_quick_run_writes_well_formed_rows(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_rows(out / "benchmark.csv")
-    check_rows(rows, EAGER, benchmark.MODES, [(2, 1500, 80), (1, 1000, 7)])
+    check_rows(rows, EAGER, timing.MODES, [(2, 1500, 80), (1, 1000, 7)])
     # The Markdown table comes last, with one line per row.
     tail = result.stdout.rstrip().splitlines()
     table = tail[-len(rows) - 2 :]
-    assert table[0].startswith("| mode | N | A | C | dtype | provider | median ms")
+    assert table[0].startswith("| mode | N | A | C | dtype | provider | median ms | p20-p80 ms |")
     assert all(line.startswith("| ") for line in table[2:])
     assert not (out / "benchmark_cpu.log").exists()  # --quick writes no log unless asked
 
 
-def test_quick_csv_defaults_outside_the_repository():
-    args = benchmark.resolve_args(benchmark.build_parser().parse_args(["--quick", "--device", "cpu"]))
-    assert benchmark.RESULTS not in args.csv.parents and not args.plot and args.log is None
-    assert all(not benchmark.PROVIDERS[n].compiled for n in args.providers)
-    full = benchmark.resolve_args(benchmark.build_parser().parse_args(["--device", "cpu"]))
-    assert full.csv == benchmark.RESULTS / "benchmark.csv" and full.plot
+def resolve(argv):
+    return options.resolve_args(options.build_parser().parse_args(argv))
+
+
+def test_quick_writes_to_a_fresh_folder_outside_the_repository():
+    """Each --quick run gets its own temporary folder: runs never add to each other's CSV."""
+    args = resolve(["--quick", "--device", "cpu"])
+    assert args.out_dir is None and args.csv is None and not args.plot and args.log is None
+    assert all(not providers.PROVIDERS[n].compiled for n in args.providers)
+    first = options.output_paths(args).csv
+    second = options.output_paths(resolve(["--quick", "--device", "cpu"])).csv
+    try:
+        assert first.parent != second.parent and first.name == second.name == "benchmark.csv"
+        for csv_path in (first, second):
+            assert options.RESULTS not in csv_path.parents and options.RESULTS.parent not in csv_path.parents
+            assert csv_path.parent.is_dir() and not any(csv_path.parent.iterdir())
+    finally:
+        first.parent.rmdir()
+        second.parent.rmdir()
+    full = resolve(["--device", "cpu"])
+    assert full.csv == options.RESULTS / "benchmark.csv" and full.plot
     assert {"dense_masked_compiled", "focal_compiled"} <= set(full.providers)
     assert (2, 100000, 80, "float32") in full.points
+
+
+def test_no_log_and_budget(tmp_path, capsys):
+    """--no-log writes no log file even on a full run; a budget already spent skips every
+    provider visibly (not a failure) and writes no rows."""
+    args = resolve(["--device", "cpu", "--no-log", "--out-dir", str(tmp_path)])
+    assert args.log is None
+    code = benchmark.main(["--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x500x5", "--budget", "0", "--no-plot", "--no-log", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipped fused: over the run's budget of 0 s" in out and "skipped dense_masked: over the run's budget of 0 s" in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rows_append_and_plots(tmp_path):
@@ -97,14 +128,47 @@ def test_rows_append_and_plots(tmp_path):
 
 def _inputs(N=2, A=700, C=6):
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    return benchmark.make_inputs(N, A, C, torch.float32, "cpu", generator)
+    return make_inputs(N, A, C, torch.float32, "cpu", generator)
+
+
+def test_timing_interleaves_providers_and_modes():
+    """Round after round, every (provider, mode) pair gets one call in turn, on input set
+    round mod K: a slow spell of the machine hits all pairs alike."""
+    calls = []
+
+    def recorder(name):
+        def fn(logits, labels):
+            calls.append((name, int(labels[0, 0])))
+            return (logits * 1.0).sum()
+
+        return fn
+
+    input_sets = [(torch.randn(1, 3, 2, requires_grad=True), torch.full((1, 3), k)) for k in range(2)]
+    times = timing.time_interleaved({"a": recorder("a"), "b": recorder("b")}, timing.MODES, input_sets, "cpu", warmup=1, repeats=3, max_seconds=60, min_repeats=1)
+    assert {pair: len(t) for pair, t in times.items()} == {(n, m): 3 for n in "ab" for m in timing.MODES}
+    timed = calls[4:]  # after one warm-up call of each pair
+    assert timed == [(name, r % 2) for r in range(3) for name in "abab"]
+
+
+def test_noise_warnings_flag_a_forward_slower_than_forward_backward():
+    def row(provider, mode, median, p20, p80):
+        return dict(provider=provider, mode=mode, N=2, A=100, C=8, dtype="float32", median_ms=median, p20_ms=p20, p80_ms=p80)
+
+    quiet = [row("fused", "forward", 1.0, 0.9, 1.1), row("fused", "forward_backward", 2.0, 1.9, 2.2)]
+    assert table.noise_warnings(quiet) == []
+    contradictory = [row("fused", "forward", 6.29, 6.0, 6.5), row("fused", "forward_backward", 2.34, 2.3, 2.4)]
+    (warning,) = table.noise_warnings(contradictory)
+    assert "fused" in warning and "forward 6.29 ms is slower than forward+backward 2.34 ms" in warning
+    spread = [row("official_pooled", "forward", 10.0, 5.0, 20.0)]
+    (warning,) = table.noise_warnings(spread)
+    assert "noisy" in warning and "official_pooled forward" in warning
 
 
 def test_check_accepts_the_fused_loss():
     logits, labels = _inputs()
-    expected = benchmark.reference_loss_and_grad("dr", "per_image", logits, labels)
-    fused = benchmark.build_fused()
-    loss, loss_err, grad_err = benchmark.check_provider("fused", fused, logits, labels, expected, benchmark.TOLERANCES[torch.float32])
+    expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
+    fused = providers.build_fused()
+    loss, loss_err, grad_err = checks.check_provider("fused", fused, logits, labels, expected, checks.FUSED_TOLERANCES[torch.float32])
     assert math.isfinite(loss) and loss_err <= 1e-4 and grad_err <= 1e-3
 
 
@@ -123,47 +187,45 @@ def test_check_accepts_the_fused_loss():
 )
 def test_check_rejects_a_wrong_provider(wrong):
     logits, labels = _inputs()
-    expected = benchmark.reference_loss_and_grad("dr", "per_image", logits, labels)
-    with pytest.raises(benchmark.CheckFailed):
-        benchmark.check_provider("wrong", wrong(benchmark._fused()), logits, labels, expected, benchmark.TOLERANCES[torch.float32])
+    expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
+    with pytest.raises(checks.CheckFailed):
+        checks.check_provider("wrong", wrong(providers.fused_loss()), logits, labels, expected, checks.FUSED_TOLERANCES[torch.float32])
 
 
 def test_check_rejects_a_wrong_focal_loss():
     """At the peers' looser tolerance too."""
     logits, labels = _inputs()
-    expected = benchmark.reference_loss_and_grad("focal", "per_image", logits, labels)
-    import peers
+    expected = checks.reference_loss_and_grad("focal", "per_image", logits, labels)
 
-    tolerances = benchmark.PROVIDERS["focal"].tolerances[torch.float32]
+    tolerances = providers.PROVIDERS["focal"].tolerances[torch.float32]
     right = lambda x, y: peers.sigmoid_focal_loss(x, y)  # noqa: E731
-    benchmark.check_provider("focal", right, logits, labels, expected, tolerances)
+    checks.check_provider("focal", right, logits, labels, expected, tolerances)
     wrong = lambda x, y: peers.sigmoid_focal_loss(x, y, gamma=1.8)  # noqa: E731
-    with pytest.raises(benchmark.CheckFailed):
-        benchmark.check_provider("focal", wrong, logits, labels, expected, tolerances)
+    with pytest.raises(checks.CheckFailed):
+        checks.check_provider("focal", wrong, logits, labels, expected, tolerances)
     wrong_alpha = lambda x, y: peers.sigmoid_focal_loss(x, y, alpha=0.3)  # noqa: E731
-    with pytest.raises(benchmark.CheckFailed):
-        benchmark.check_provider("focal", wrong_alpha, logits, labels, expected, tolerances)
+    with pytest.raises(checks.CheckFailed):
+        checks.check_provider("focal", wrong_alpha, logits, labels, expected, tolerances)
 
 
 def test_check_rejects_a_wrong_dense_peer_at_the_peer_tolerance():
-    import peers
 
     logits, labels = _inputs()
-    expected = benchmark.reference_loss_and_grad("dr", "per_image", logits, labels)
-    tolerances = benchmark.PROVIDERS["dense_masked"].tolerances[torch.float32]
-    benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y), logits, labels, expected, tolerances)
-    with pytest.raises(benchmark.CheckFailed):
-        benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, margin=0.7), logits, labels, expected, tolerances)
-    with pytest.raises(benchmark.CheckFailed):  # positives weighted like negatives
-        benchmark.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, pos_lambda=0.08), logits, labels, expected, tolerances)
+    expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
+    tolerances = providers.PROVIDERS["dense_masked"].tolerances[torch.float32]
+    checks.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y), logits, labels, expected, tolerances)
+    with pytest.raises(checks.CheckFailed):
+        checks.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, margin=0.7), logits, labels, expected, tolerances)
+    with pytest.raises(checks.CheckFailed):  # positives weighted like negatives
+        checks.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y, pos_lambda=0.08), logits, labels, expected, tolerances)
 
 
 def test_run_with_a_wrong_provider_fails_and_does_not_time_it(tmp_path, monkeypatch):
     """End to end: a provider whose loss is wrong is not timed, gets no row, and the run exits 1."""
     import drloss_cuda
 
-    wrong = benchmark.Provider("wrong", "dr", "per_image", lambda: (lambda x, y: drloss_cuda.sigmoid_dr_loss(x, y, neg_lambda=0.1)))
-    monkeypatch.setitem(benchmark.PROVIDERS, "wrong", wrong)
+    wrong = providers.Provider("wrong", "dr", "per_image", lambda: (lambda x, y: drloss_cuda.sigmoid_dr_loss(x, y, neg_lambda=0.1)))
+    monkeypatch.setitem(providers.PROVIDERS, "wrong", wrong)
     code = benchmark.main(["--quick", "--device", "cpu", "--providers", "fused,wrong", "--sizes", "2x500x9", "--out-dir", str(tmp_path)])
     assert code == 1
     rows = read_rows(tmp_path / "benchmark.csv")
@@ -173,7 +235,6 @@ def test_run_with_a_wrong_provider_fails_and_does_not_time_it(tmp_path, monkeypa
 def test_dense_masked_peer_matches_reference_on_edge_groups():
     """The dense peer is the same loss as the reference, empty sets included: an image with
     every anchor ignored, one with no positive, one with no background and one ordinary."""
-    import peers
     from drloss_cuda import reference
 
     C = 5
@@ -197,7 +258,7 @@ def test_percentile_matches_numpy():
     np = pytest.importorskip("numpy")
     values = torch.rand(17).tolist()
     for q in (0, 20, 50, 80, 100):
-        assert benchmark.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+        assert timing.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
 def test_cpu_peak_measures_allocations():
@@ -208,17 +269,17 @@ def test_cpu_peak_measures_allocations():
     def wasteful(x, y):
         tmp = torch.empty(1 << 20)  # 4 MiB
         tmp.fill_(1.0)
-        return (x * tmp[: x.numel()].view_as(x)).sum() * 0 + benchmark.build_fused()(x, y)
+        return (x * tmp[: x.numel()].view_as(x)).sum() * 0 + providers.build_fused()(x, y)
 
-    assert benchmark.cpu_peak_bytes(wasteful, logits, labels, "forward") >= 4 << 20
-    assert benchmark.cpu_peak_bytes(benchmark.build_fused(), logits, labels, "forward") < 64 << 10
+    assert memory.cpu_peak_bytes(wasteful, logits, labels, "forward") >= 4 << 20
+    assert memory.cpu_peak_bytes(providers.build_fused(), logits, labels, "forward") < 64 << 10
 
 
 def test_csv_with_other_columns_is_kept_aside(tmp_path):
     path = tmp_path / "bench.csv"
     path.write_text("a,b\n1,2\n")
-    row = {c: "x" for c in benchmark.CSV_COLUMNS}
-    benchmark.append_csv(path, [row])
+    row = {c: "x" for c in CSV_COLUMNS}
+    append_csv(path, [row])
     assert read_rows(path) == [row]
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("bench.columns-")]
     assert len(kept) == 1 and kept[0].read_text() == "a,b\n1,2\n"

@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -54,89 +55,165 @@ void classify_chunk(const label_t* group_labels, int64_t begin, int64_t end, int
     const int64_t lo = std::max(begin, anchor * classes);
     const int64_t hi = std::min(end, (anchor + 1) * classes);
     const label_t label = group_labels[anchor];
-    const int32_t counted = element_kind(label, 0, first_label) != kIgnored;
+    const int32_t counted = label >= 0;
     std::fill(kinds.neg + (lo - begin), kinds.neg + (hi - begin), counted);
-    if (!counted) continue;
     // The one class column of this anchor that can be positive (if it lies in the chunk).
-    const int64_t pos = anchor * classes + (static_cast<int64_t>(label) - first_label);
-    if (static_cast<int64_t>(label) - first_label < classes && pos >= lo && pos < hi &&
-        element_kind(label, pos - anchor * classes, first_label) == kPositive) {
+    const int64_t column = positive_column(label, classes, first_label);
+    const int64_t pos = anchor * classes + column;
+    if (column >= 0 && pos >= lo && pos < hi) {
       kinds.neg[pos - begin] = 0;
       kinds.pos_index[kinds.num_pos++] = static_cast<int32_t>(pos - begin);
     }
   }
 }
 
-// p = sigmoid(x) for n elements, converted to the accumulation type.
+// Conversions between the logits' storage and the accumulation type, written so that compilers
+// vectorize them (c10's scalar conversions do not vectorize): bfloat16 is the high half of a
+// float, rounded to nearest even on the way back; half goes through _Float16, which the
+// x86-64-v3 and -v4 clones convert with F16C.
+template <typename scalar_t>
+struct Storage {
+  using raw_t = scalar_t;
+  template <typename acc_t>
+  static acc_t load(raw_t v) {
+    return static_cast<acc_t>(v);
+  }
+  template <typename acc_t>
+  static raw_t store(acc_t v) {
+    return static_cast<raw_t>(v);
+  }
+};
+
+template <>
+struct Storage<c10::BFloat16> {
+  using raw_t = uint16_t;
+  template <typename acc_t>
+  static float load(raw_t v) {
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+  static raw_t store(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    return static_cast<raw_t>(f != f ? 0x7fc0u : rounded);  // quiet NaN, as c10 gives
+  }
+};
+
+#if defined(__FLT16_MAX__)
+template <>
+struct Storage<c10::Half> {
+  using raw_t = uint16_t;
+  template <typename acc_t>
+  static float load(raw_t v) {
+    _Float16 h;
+    std::memcpy(&h, &v, sizeof(h));
+    return static_cast<float>(h);
+  }
+  static raw_t store(float f) {
+    const _Float16 h = static_cast<_Float16>(f);
+    raw_t bits;
+    std::memcpy(&bits, &h, sizeof(bits));
+    return bits;
+  }
+};
+#endif
+
+template <typename scalar_t>
+using raw_of = typename Storage<scalar_t>::raw_t;
+
+// p = sigmoid(x) for n elements, in the accumulation type.
 template <typename scalar_t, typename acc_t>
-DRLOSS_CPU_CLONES void sigmoid_chunk(const scalar_t* x, int64_t n, acc_t* p) {
+DRLOSS_CPU_CLONES void sigmoid_chunk(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) p[i] = sigmoid(static_cast<acc_t>(x[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = sigmoid(Storage<scalar_t>::template load<acc_t>(x[i]));
+  }
 }
 
-// Exponent scales up to this shift every negative's exponent by s_neg itself rather than by
-// the chunk's max: as p <= 1, s_neg * p - s_neg lies in [-s_neg, 0], so each term is at least
-// e^-64, a normal float, and the sums are as exact as with the max. That saves the max pass.
-constexpr double kFixedShiftLimit = 64.0;
+// Compensated sums kept per SIMD lane (policy 2 of dr_loss_math.h with one term per plain sum),
+// then added up in double in lane order.
+constexpr int kLanes = 16;
 
-// The negatives' triple of a chunk: the shift (the chunk's max, or s_neg), then the sums.
 template <typename acc_t>
-DRLOSS_CPU_CLONES SoftmaxTriple<acc_t> negative_triple(const acc_t* p, const int32_t* neg,
-                                                       int64_t n, acc_t s_neg) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  if (static_cast<double>(s_neg) <= kFixedShiftLimit) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (neg[i]) {
-        m = s_neg;
-        break;
-      }
-    }
-  } else {
-#pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t e_all = s_neg * p[i];
-      const acc_t e = neg[i] ? e_all : -std::numeric_limits<acc_t>::infinity();
-      m = e > m ? e : m;
-    }
+struct LaneSums {
+  acc_t z_hi[kLanes], z_lo[kLanes], w_hi[kLanes], w_lo[kLanes];
+
+  LaneSums() {
+    for (int j = 0; j < kLanes; ++j) z_hi[j] = z_lo[j] = w_hi[j] = w_lo[j] = acc_t(0);
   }
-  acc_t z = 0, w = 0;
-  if (m == -std::numeric_limits<acc_t>::infinity()) {
-    // No negative, or only NaN ones: NaN must still reach the sums.
-    for (int64_t i = 0; i < n; ++i) {
-      if (neg[i] && p[i] != p[i]) z = w = p[i];
+
+  SoftmaxTriple<double> triple(acc_t m) const {
+    double z = 0, w = 0;
+    for (int j = 0; j < kLanes; ++j) {
+      z += compensated_value(z_hi[j], z_lo[j]);
+      w += compensated_value(w_hi[j], w_lo[j]);
     }
-    SoftmaxTriple<acc_t> t = SoftmaxTriple<acc_t>::empty();
+    if (z == 0.0) return SoftmaxTriple<double>::empty();  // every term is > 0 (policy 1)
+    SoftmaxTriple<double> t;
+    t.m = static_cast<double>(m);
     t.z = z;
     t.w = w;
     return t;
   }
-#pragma omp simd reduction(+ : z, w)
-  for (int64_t i = 0; i < n; ++i) {
-    // Both operands are computed for every lane and then selected, so the loop has no
-    // branch and no masked load (it vectorizes on every x86-64 level).
-    const acc_t pi = p[i];
-    const acc_t weight = exp_approx(s_neg * pi - m);
-    const bool is_neg = neg[i] != 0;
-    z += is_neg ? weight : acc_t(0);
-    w += is_neg ? pi * weight : acc_t(0);
+};
+
+// The negatives' triple of a chunk against shift m (policy 1: fixed, or the chunk's max).
+template <typename acc_t>
+DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const acc_t* p, const int32_t* neg,
+                                                        int64_t n, const Hyper<acc_t>& h) {
+  acc_t m = h.shift_neg;
+  if (!h.fixed_neg) {
+    m = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t t = neg[i] ? h.s2_neg * p[i] : -std::numeric_limits<acc_t>::infinity();
+      m = t > m ? t : m;
+    }
+    // No negative (or only NaN ones): every term below is selected away (or NaN, which must
+    // reach the sums); m = -inf keeps that so.
   }
-  SoftmaxTriple<acc_t> t;
-  t.m = m;
-  t.z = z;
-  t.w = w;
-  return t;
+  LaneSums<acc_t> sums;
+  for (int64_t base = 0; base < n; base += kLanes) {
+    const int64_t lanes = std::min<int64_t>(kLanes, n - base);
+#pragma omp simd
+    for (int64_t j = 0; j < lanes; ++j) {
+      // Both operands are computed for every lane and then selected, so the loop has no
+      // branch and no masked load (it vectorizes on every x86-64 level).
+      const acc_t pi = p[base + j];
+      const acc_t weight = exp2_approx(h.s2_neg * pi - m);
+      const bool is_neg = neg[base + j] != 0;
+      compensated_add(sums.z_hi[j], sums.z_lo[j], is_neg ? weight : acc_t(0));
+      compensated_add(sums.w_hi[j], sums.w_lo[j], is_neg ? pi * weight : acc_t(0));
+    }
+  }
+  return sums.triple(m);
 }
 
-// The negatives' gradient, written straight into the output in its type (0 for every other
-// element: the positives are overwritten afterwards).
+// The positives' triple of a chunk (at most one per anchor: a short scalar loop).
+template <typename acc_t>
+SoftmaxTriple<double> positive_triple(const acc_t* p, const int32_t* pos_index, int64_t num_pos,
+                                      const Hyper<acc_t>& h) {
+  RunningMaxSums<acc_t> sums = RunningMaxSums<acc_t>::start_positives(h);
+  for (int64_t k = 0; k < num_pos; ++k) {
+    const acc_t pk = p[pos_index[k]];
+    sums.add(pk, h.s2_pos * pk);
+  }
+  return sums.triple();
+}
+
+// The negatives' gradient, written straight into the output in its storage type (0 for every
+// other element: the positives are overwritten afterwards).
 template <typename scalar_t, typename acc_t>
 DRLOSS_CPU_CLONES void negative_grad_chunk(const acc_t* p, const int32_t* neg, int64_t n,
-                                           acc_t s_neg, const GroupGrad<acc_t>& gg,
-                                           scalar_t* out) {
+                                           const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h,
+                                           raw_of<scalar_t>* out) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const acc_t g = element_grad(p[i], s_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
-    out[i] = static_cast<scalar_t>(neg[i] ? g : acc_t(0));
+    const acc_t g = negative_grad(p[i], gg, h);
+    out[i] = Storage<scalar_t>::store(neg[i] ? g : acc_t(0));
   }
 }
 
@@ -175,11 +252,11 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
   using acc_t = at::opmath_type<scalar_t>;
   const Hyper<acc_t> h =
       make_hyper<acc_t>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
-  const scalar_t* x = logits.data_ptr<scalar_t>();
+  const auto* x = reinterpret_cast<const raw_of<scalar_t>*>(logits.data_ptr<scalar_t>());
   const label_t* y = labels.data_ptr<label_t>();
   const Chunking ch(pr);
 
-  // Partial triples per chunk, kept in double so the in-order merge adds no visible error.
+  // Partial triples per chunk, in double so the in-order merge adds no visible error.
   std::vector<SoftmaxTriple<double>> neg_parts(ch.total), pos_parts(ch.total);
   at::parallel_for(0, ch.total, 1, [&](int64_t first, int64_t last) {
     ChunkKinds kinds;
@@ -189,15 +266,9 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
       const int64_t begin = (c % ch.per_group) * kChunk;
       const int64_t n = std::min(kChunk, ch.elements - begin);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      sigmoid_chunk(x + g * ch.elements + begin, n, p);
-      const SoftmaxTriple<acc_t> neg = negative_triple(p, kinds.neg, n, h.s_neg);
-      SoftmaxTriple<acc_t> pos = SoftmaxTriple<acc_t>::empty();
-      for (int64_t k = 0; k < kinds.num_pos; ++k) {
-        const acc_t pk = p[kinds.pos_index[k]];
-        pos.add(pk, h.s_pos * pk);
-      }
-      neg_parts[c] = neg.template cast<double>();
-      pos_parts[c] = pos.template cast<double>();
+      sigmoid_chunk<scalar_t>(x + g * ch.elements + begin, n, p);
+      neg_parts[c] = negative_triple(p, kinds.neg, n, h);
+      pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
     }
   });
 
@@ -231,11 +302,11 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   using acc_t = at::opmath_type<scalar_t>;
   const Hyper<acc_t> h =
       make_hyper<acc_t>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
-  const scalar_t* x = logits.data_ptr<scalar_t>();
+  const auto* x = reinterpret_cast<const raw_of<scalar_t>*>(logits.data_ptr<scalar_t>());
   const label_t* y = labels.data_ptr<label_t>();
   const acc_t* g_in = grad_losses.data_ptr<acc_t>();
   const acc_t* st = stats.data_ptr<acc_t>();
-  scalar_t* out = grad_logits.data_ptr<scalar_t>();
+  auto* out = reinterpret_cast<raw_of<scalar_t>*>(grad_logits.data_ptr<scalar_t>());
   advise_huge_pages(out, grad_logits.numel() * static_cast<int64_t>(sizeof(scalar_t)));
   const Chunking ch(pr);
 
@@ -248,12 +319,12 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
       const int64_t n = std::min(kChunk, ch.elements - begin);
       const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      sigmoid_chunk(x + g * ch.elements + begin, n, p);
-      scalar_t* out_chunk = out + g * ch.elements + begin;
-      negative_grad_chunk(p, kinds.neg, n, h.s_neg, gg, out_chunk);
+      sigmoid_chunk<scalar_t>(x + g * ch.elements + begin, n, p);
+      raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
+      negative_grad_chunk<scalar_t>(p, kinds.neg, n, gg, h, out_chunk);
       for (int64_t k = 0; k < kinds.num_pos; ++k) {
         const int32_t i = kinds.pos_index[k];
-        out_chunk[i] = static_cast<scalar_t>(element_grad(p[i], kPositive, gg, h));
+        out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
       }
     }
   });

@@ -2,12 +2,21 @@
 // inputs, device guard, current stream, outputs and workspace from torch's caching allocator
 // (so CUDA graphs capture them), dtype dispatch to the launchers of dr_loss_kernels.cu. No
 // host synchronization anywhere.
+//
+// Only c10/cuda and the CUDA runtime: ATen/cuda/CUDAContext.h would also need the cuBLAS and
+// cuSPARSE headers, which a toolkit with just the compiler and runtime does not have.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <limits>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -36,8 +45,49 @@ cuda::LabelsType labels_type_of(const at::Tensor& labels) {
   return labels.scalar_type() == at::kInt ? cuda::LabelsType::kInt32 : cuda::LabelsType::kInt64;
 }
 
+// The forward's grid is sized by the device's SM count: asked of the runtime once per device
+// (an attribute query, no host synchronization) and kept.
+int multiprocessor_count(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> cached{};
+  int count = cached.at(device).load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    cached.at(device).store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
 void check_on_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
+}
+
+// DRLOSS_CUDA_BLOCKS_PER_GROUP=k (a debugging switch, read at every call) replaces the blocks
+// per group that the launcher would choose, so that tests can exercise other splits.
+int64_t blocks_per_group_override() {
+  const char* value = std::getenv("DRLOSS_CUDA_BLOCKS_PER_GROUP");
+  if (value == nullptr || value[0] == '\0') return 0;
+  char* end = nullptr;
+  const long long blocks = std::strtoll(value, &end, 10);
+  TORCH_CHECK(end != value && *end == '\0' && blocks > 0,
+              "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '", value, "'");
+  return blocks;
+}
+
+// The checks and the launch plan shared by both ops.
+struct CudaCall {
+  Problem problem;
+  cuda::LaunchPlan plan;
+};
+
+CudaCall plan_call(const at::Tensor& logits, const at::Tensor& labels, const Problem& problem,
+                   const LossOptions& options) {
+  // The kernels keep a class index in 32 bits.
+  TORCH_CHECK(problem.classes <= std::numeric_limits<int32_t>::max(),
+              "sigmoid_dr_loss: on CUDA the number of classes must be below 2^31, got ",
+              problem.classes);
+  return {problem, cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem,
+                                     options, multiprocessor_count(logits.device().index()),
+                                     blocks_per_group_override())};
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
@@ -58,17 +108,16 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   poison_if_requested(stats);
   if (problem.groups == 0) return {losses, stats};
 
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t workspace_elements = cuda::forward_workspace_elements(problem, sms);
-  at::Tensor workspace = at::empty({workspace_elements}, acc_options);
-  const cudaError_t error = cuda::launch_forward(
+  const CudaCall call = plan_call(logits, labels, problem, options);
+  at::Tensor workspace =
+      at::empty({call.plan.workspace_doubles}, logits.options().dtype(at::kDouble));
+  // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
+  C10_CUDA_CHECK(cuda::launch_forward(
       logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
-      labels.const_data_ptr(), problem, options, sms,
-      workspace_elements > 0 ? workspace.mutable_data_ptr() : nullptr,
+      labels.const_data_ptr(), problem, options, call.plan,
+      call.plan.workspace_doubles > 0 ? workspace.mutable_data_ptr<double>() : nullptr,
       losses.mutable_data_ptr(), stats.mutable_data_ptr(),
-      at::cuda::getCurrentCUDAStream().stream());
-  C10_CUDA_CHECK(error);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      c10::cuda::getCurrentCUDAStream().stream()));
   return {losses, stats};
 }
 
@@ -89,14 +138,12 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   poison_if_requested(grad_logits);
   if (grad_logits.numel() == 0) return grad_logits;
 
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const cudaError_t error = cuda::launch_backward(
+  const CudaCall call = plan_call(logits, labels, problem, options);
+  C10_CUDA_CHECK(cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
-      labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(),
-      problem, options, sms, grad_logits.mutable_data_ptr(),
-      at::cuda::getCurrentCUDAStream().stream());
-  C10_CUDA_CHECK(error);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(), problem,
+      options, call.plan, grad_logits.mutable_data_ptr(),
+      c10::cuda::getCurrentCUDAStream().stream()));
   return grad_logits;
 }
 

@@ -1,26 +1,37 @@
 // CUDA forward and backward of the sigmoid DR loss.
 //
-// The per-element math comes from ../dr_loss_math.h, the header the CPU kernels use too. This
-// file includes no torch header: plain nvcc compiles it (.ci/check_cuda_compile.sh).
+// The per-element math and every numerical policy (shifts, summation) come from
+// ../dr_loss_math.h, the header the CPU kernels use too. This file includes no torch header:
+// plain nvcc compiles it (.ci/check_cuda_compile.sh).
 //
 // Work split (both passes). Each group's A*C elements are cut into `blocks_per_group`
 // contiguous ranges of `per_block` elements (a multiple of 16, so that ranges keep the group's
 // alignment). A work item is (group, range); blocks loop over the items (item = blockIdx.x,
-// blockIdx.x + gridDim.x, ...), so any number of groups fits in one launch. Inside a range the
-// threads read 16-byte vectors (4 float, 2 double, 8 half/bfloat16), starting at the first
-// 16-byte aligned element; the few elements before it (head) and after the last whole vector
-// (tail) are read one by one. A thread walks its vectors with the (anchor, class) position
-// kept incrementally, so there is one 64-bit division per thread and range, not per element.
+// blockIdx.x + gridDim.x, ...), so any number of groups fits in one launch. The grid is one
+// wave: the multiprocessor count times the blocks per multiprocessor the occupancy calculator
+// gives for the kernel.
 //
-// Forward: every thread folds its elements into a negatives' and a positives' softmax triple;
-// the block merges them (warp shuffles, then shared memory) in a fixed tree order and writes
-// one partial per item. A second kernel merges the partials of each group in a fixed order
-// (one warp per group, in double) and writes the loss and the saved statistics. No atomics:
-// the result is bitwise the same from run to run on a given device.
+// Inside a range the threads walk 16-byte vectors of the tensor they must access aligned (the
+// logits in the forward, the gradient in the backward), two vectors per step so that two loads
+// are in flight. The few elements before the first aligned vector (head) and after the last
+// (tail) are taken one by one. When the logits sit at another offset from a 16-byte boundary
+// than the gradient (a view with a storage offset), the backward still stores 16-byte vectors
+// and loads the logits in the widest pieces their relative offset allows.
+//
+// Labels are read once per anchor segment of a vector: a vector of N elements covers one or a
+// few anchors, and two bit masks (counted, positive) classify its elements. The (anchor, class)
+// position advances incrementally: one 64-bit division per thread and range.
+//
+// Forward: with both shifts fixed (policy 1, every temperature >= 1/64) an element costs one
+// sigmoid, one exp2 and two selected adds into a plain per-vector sum, which then goes into the
+// thread's compensated sums (policy 2); positives (at most one per anchor) take a branch that is
+// rarely taken. Otherwise each element is added to a running-max accumulator. Threads merge in
+// double, warp then block, in a fixed tree order; a second kernel merges each group's partials
+// in a fixed order and writes the loss and the saved statistics. No atomics: the result is
+// bitwise the same from run to run on a given device.
 //
 // Backward: the same walk; each element recomputes p and its gradient from its group's saved
-// statistics and is written in logits' dtype (16-byte stores when logits and the gradient
-// share their alignment, which freshly allocated tensors do).
+// statistics and is written in logits' dtype.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -37,9 +48,9 @@ namespace {
 
 constexpr int kThreads = 256;                  // threads of a forward/backward block
 constexpr int kWarps = kThreads / 32;
+constexpr int kMinBlocksPerSM = 4;             // register cap: at most 64 per thread
 constexpr int kFinalizeThreads = 128;          // one warp per group
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
-constexpr int64_t kBlocksPerMultiprocessor = 8;
 constexpr int64_t kMinElementsPerBlock = int64_t(kThreads) * 16;
 constexpr int64_t kRangeAlign = 16;            // elements; a multiple of every vector width
 constexpr int64_t kMaxGrid = 0x7fffffff;
@@ -114,12 +125,16 @@ struct RawOf<16> {
   using type = uint4;
 };
 
-// Loads N consecutive elements in one access (the address must be N * sizeof aligned).
-template <int N, typename scalar_t>
+// Loads N consecutive elements in pieces of kPiece bytes (the address must be kPiece aligned).
+template <int N, int kPiece, typename scalar_t>
 __device__ __forceinline__ void load_pack(const scalar_t* ptr, scalar_t (&out)[N]) {
-  using raw_t = typename RawOf<N * sizeof(scalar_t)>::type;
-  const raw_t raw = __ldg(reinterpret_cast<const raw_t*>(ptr));
-  memcpy(&out[0], &raw, sizeof(raw_t));
+  using raw_t = typename RawOf<kPiece>::type;
+  constexpr int kPieces = N * static_cast<int>(sizeof(scalar_t)) / kPiece;
+  static_assert(kPieces * kPiece == N * static_cast<int>(sizeof(scalar_t)), "whole pieces");
+  raw_t raw[kPieces];
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k) raw[k] = __ldg(reinterpret_cast<const raw_t*>(ptr) + k);
+  memcpy(&out[0], &raw[0], sizeof(raw));
 }
 
 // Stores N consecutive elements in one access (the address must be N * sizeof aligned). The
@@ -139,24 +154,67 @@ __device__ __forceinline__ int64_t load_label(const int64_t* ptr) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Classification of a vector: bit k of `counted` is set when element k belongs to a counted
+// anchor, bit k of `positive` when it is its anchor's positive class column.
+struct VectorKinds {
+  uint32_t counted;
+  uint32_t positive;
+};
+
+// A vector of N elements starting at class column `cls` of the anchor whose label `ya` points
+// at. The launcher guarantees classes >= N, so the vector covers its anchor's columns
+// [cls, cls + b) and, when b = classes - cls < N, the first N - b columns of the next anchor:
+// two labels at most, read without a branch (the second load is predicated).
+template <int N, typename label_t>
+__device__ __forceinline__ VectorKinds classify_vector(const label_t* ya, int cls, int classes,
+                                                       int64_t first_label) {
+  constexpr uint32_t kAll = (N == 32) ? 0xffffffffu : ((1u << N) - 1u);
+  const int b = classes - cls;  // >= 1
+  const bool crosses = b < N;
+  const label_t label0 = load_label(ya);
+  const label_t label1 = crosses ? load_label(ya + 1) : label_t(-1);
+  const uint32_t first = crosses ? (1u << b) - 1u : kAll;
+  VectorKinds kinds;
+  kinds.counted = (label0 >= 0 ? first : 0u) | (label1 >= 0 ? (kAll & ~first) : 0u);
+  // Offsets of the two anchors' positive columns inside the vector (unsigned compares also
+  // reject negative offsets). The labels are >= 0 and first_label >= 0 here: no overflow.
+  const int64_t offset0 = static_cast<int64_t>(label0) - first_label - cls;
+  const int64_t column1 = static_cast<int64_t>(label1) - first_label;
+  const int in_first = crosses ? b : N;
+  kinds.positive = 0u;
+  if (label0 >= 0 && static_cast<uint64_t>(offset0) < static_cast<uint64_t>(in_first)) {
+    kinds.positive |= 1u << static_cast<int>(offset0);
+  }
+  if (label1 >= 0 && static_cast<uint64_t>(column1) < static_cast<uint64_t>(N - in_first)) {
+    kinds.positive |= 1u << (b + static_cast<int>(column1));
+  }
+  return kinds;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The walk over one range [lo, hi) of one group.
 //
-// gx, gy, gout point at the group's first logit, label and gradient. For every element e of
-// the range that this thread owns, calls visit(x_e, label of its anchor, class column) and,
-// when kStore, writes the returned value to gout[e] in logits' dtype.
-template <int N, bool kStore, typename scalar_t, typename label_t, typename Visit>
-__device__ __forceinline__ void walk_range(const scalar_t* __restrict__ gx,
-                                           scalar_t* __restrict__ gout,
-                                           const label_t* __restrict__ gy, int64_t classes,
-                                           int64_t lo, int64_t hi, Visit& visit) {
+// gx points at the group's first logit, gy at its first label; `aligned` is the group's first
+// element in the tensor whose 16-byte vectors the walk follows (logits or gradient). For the
+// body's vectors calls on_vector(e, x[N], kinds) with e the vector's first element; for the
+// head and tail elements on_element(e, x, kind). N == 1 walks element by element.
+template <int N, int kPiece, typename scalar_t, typename label_t, typename OnVector,
+          typename OnElement>
+__device__ __forceinline__ void walk_range(const scalar_t* __restrict__ gx, const void* aligned,
+                                           const label_t* __restrict__ gy, int classes,
+                                           int64_t first_label, int64_t lo, int64_t hi,
+                                           OnVector& on_vector, OnElement& on_element) {
   if (lo >= hi) return;
   const int64_t t = threadIdx.x;
+  using acc_t = typename AccOf<scalar_t>::type;
 
-  // Head: elements before the first N-aligned address (none when N == 1).
+  // Head: elements before the first 16-byte aligned address (none when N == 1).
   int64_t head = 0;
   if (N > 1) {
     const uint64_t misaligned =
-        (reinterpret_cast<uintptr_t>(gx + lo) / sizeof(scalar_t)) % static_cast<uint64_t>(N);
+        (reinterpret_cast<uintptr_t>(static_cast<const scalar_t*>(aligned) + lo) /
+         sizeof(scalar_t)) %
+        static_cast<uint64_t>(N);
     head = misaligned == 0 ? 0 : N - static_cast<int64_t>(misaligned);
     if (head > hi - lo) head = hi - lo;
   }
@@ -174,48 +232,46 @@ __device__ __forceinline__ void walk_range(const scalar_t* __restrict__ gx,
       if (!in_edge[k]) continue;
       const int64_t e = edge[k];
       const int64_t anchor = e / classes;
-      const scalar_t value[1] = {gx[e]};
-      const auto result = visit(to_acc(value[0]), load_label(gy + anchor), e - anchor * classes);
-      if (kStore) gout[e] = FromAcc<scalar_t>::apply(result);
+      const int kind = element_kind(load_label(gy + anchor), e - anchor * classes, first_label);
+      on_element(e, to_acc(gx[e]), kind);
     }
   }
 
-  // Body: thread t reads vectors t, t + kThreads, ...
+  // Body: thread t takes vectors t, t + kThreads, ..., two per step so that two loads are in
+  // flight. The position advances incrementally: e (element), ya (its anchor's label), cls.
   int64_t v = t;
   if (v >= vectors) return;
   int64_t e = body_lo + v * N;
-  int64_t anchor = e / classes;
-  int64_t cls = e - anchor * classes;
-  // From the end of one of this thread's vectors to the start of its next one.
-  const int64_t jump = int64_t(kThreads - 1) * N;
+  const int64_t first_anchor = e / classes;
+  const label_t* ya = gy + first_anchor;
+  int cls = static_cast<int>(e - first_anchor * classes);
+  const int64_t jump = int64_t(kThreads) * N;
   const int64_t jump_anchors = jump / classes;
-  const int64_t jump_classes = jump - jump_anchors * classes;
-  for (; v < vectors; v += kThreads) {
-    scalar_t x[N];
-    load_pack<N>(gx + e, x);
-    label_t label = load_label(gy + anchor);
-    scalar_t out[N];
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const auto result = visit(to_acc(x[k]), label, cls);
-      if (kStore) out[k] = FromAcc<scalar_t>::apply(result);
-      ++cls;
-      // The next element (inside this vector, so it exists) starts a new anchor.
-      if (k + 1 < N && cls == classes) {
-        cls = 0;
-        ++anchor;
-        label = load_label(gy + anchor);
-      }
-    }
-    if (kStore) store_pack<N>(gout + e, out);
-    // Here anchor * classes + cls == e + N, with cls <= classes.
-    e += int64_t(kThreads) * N;
-    anchor += jump_anchors;
+  const int jump_classes = static_cast<int>(jump - jump_anchors * classes);
+  auto advance = [&]() {
+    e += jump;
+    ya += jump_anchors;
     cls += jump_classes;  // < 2 * classes
     if (cls >= classes) {
       cls -= classes;
-      ++anchor;
+      ++ya;
     }
+  };
+  for (; v < vectors; v += 2 * kThreads) {
+    const bool second = v + kThreads < vectors;
+    scalar_t raw0[N], raw1[N];
+    load_pack<N, kPiece>(gx + e, raw0);
+    if (second) load_pack<N, kPiece>(gx + e + jump, raw1);
+    acc_t x[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) x[k] = to_acc(raw0[k]);
+    on_vector(e, x, classify_vector<N>(ya, cls, classes, first_label));
+    advance();
+    if (!second) break;
+#pragma unroll
+    for (int k = 0; k < N; ++k) x[k] = to_acc(raw1[k]);
+    on_vector(e, x, classify_vector<N>(ya, cls, classes, first_label));
+    advance();
   }
 }
 
@@ -241,31 +297,73 @@ __device__ __forceinline__ Range item_range(int64_t item, int64_t blocks_per_gro
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-template <typename acc_t, typename label_t>
-struct ForwardVisit {
-  SoftmaxTriple<acc_t> neg;
-  SoftmaxTriple<acc_t> pos;
+template <typename acc_t>
+struct ForwardSums {
+  RunningMaxSums<acc_t> neg;
+  RunningMaxSums<acc_t> pos;
   Hyper<acc_t> h;
-  int64_t first_label;
 
-  __device__ __forceinline__ acc_t operator()(acc_t x, label_t label, int64_t cls) {
-    const acc_t p = sigmoid(x);
-    const int kind = element_kind(label, cls, first_label);
-    if (kind == kNegative) {
-      neg.add(p, h.s_neg * p);
-    } else if (kind == kPositive) {
-      pos.add(p, h.s_pos * p);
-    }
-    return acc_t(0);
+  // One element of either kind, for the head and tail and for temperatures below 1/64.
+  __device__ __forceinline__ void add(acc_t p, int kind) {
+    if (kind == kNegative) neg.add(p, h.s2_neg * p);
+    if (kind == kPositive) pos.add(p, h.s2_pos * p);
   }
 };
 
+// A vector with both shifts fixed: plain sums over its N terms, then compensated (policy 2).
+template <int N, typename acc_t>
+__device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&x)[N],
+                                           VectorKinds kinds) {
+  static_assert(N <= kMaxPlainTerms, "a plain sum covers one vector at most");
+  acc_t p[N];
+  acc_t z = 0, w = 0;
+  const uint32_t negative = kinds.counted & ~kinds.positive;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    p[k] = sigmoid(x[k]);
+    const acc_t weight = exp2_approx(s.h.s2_neg * p[k] - s.h.shift_neg);
+    // Predicated adds, not a multiplication by a mask: a NaN of an ignored element must not
+    // get in (and two predicated instructions are cheaper than selects).
+    if (negative & (1u << k)) {
+      z += weight;
+      w += p[k] * weight;
+    }
+  }
+  compensated_add(s.neg.z_hi, s.neg.z_lo, z);
+  compensated_add(s.neg.w_hi, s.neg.w_lo, w);
+  if (kinds.positive != 0u) {  // cold: only a vector that holds a positive
+    acc_t zp = 0, wp = 0;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      if ((kinds.positive >> k) & 1u) {
+        const acc_t weight = exp2_approx(s.h.s2_pos * p[k] - s.h.shift_pos);
+        zp += weight;
+        wp += p[k] * weight;
+      }
+    }
+    compensated_add(s.pos.z_hi, s.pos.z_lo, zp);
+    compensated_add(s.pos.w_hi, s.pos.w_lo, wp);
+  }
+}
+
+template <int N, typename acc_t>
+__device__ __forceinline__ void fold_running(ForwardSums<acc_t>& s, const acc_t (&x)[N],
+                                             VectorKinds kinds) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const int kind = !((kinds.counted >> k) & 1u)  ? kIgnored
+                     : ((kinds.positive >> k) & 1u) ? kPositive
+                                                    : kNegative;
+    s.add(sigmoid(x[k]), kind);
+  }
+}
+
 // Merges the triples of lanes [0, kWidth) of a warp into lane 0, in a fixed tree order.
-template <int kWidth, typename acc_t>
-__device__ __forceinline__ void warp_merge(SoftmaxTriple<acc_t>& t) {
+template <int kWidth>
+__device__ __forceinline__ void warp_merge(SoftmaxTriple<double>& t) {
 #pragma unroll
   for (int offset = kWidth / 2; offset > 0; offset /= 2) {
-    SoftmaxTriple<acc_t> other;
+    SoftmaxTriple<double> other;
     other.m = __shfl_down_sync(kFullMask, t.m, offset);
     other.z = __shfl_down_sync(kFullMask, t.z, offset);
     other.w = __shfl_down_sync(kFullMask, t.w, offset);
@@ -273,64 +371,69 @@ __device__ __forceinline__ void warp_merge(SoftmaxTriple<acc_t>& t) {
   }
 }
 
-template <typename scalar_t, typename label_t>
-__global__ void __launch_bounds__(kThreads)
+// Merges one triple per thread of the block into thread 0, in a fixed order.
+__device__ __forceinline__ SoftmaxTriple<double> block_merge(SoftmaxTriple<double> t,
+                                                             double (*shared)[kWarps]) {
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  warp_merge<32>(t);
+  if (lane == 0) {
+    shared[0][warp] = t.m;
+    shared[1][warp] = t.z;
+    shared[2][warp] = t.w;
+  }
+  __syncthreads();
+  t = SoftmaxTriple<double>::empty();
+  if (warp == 0) {
+    if (lane < kWarps) {
+      t.m = shared[0][lane];
+      t.z = shared[1][lane];
+      t.w = shared[2][lane];
+    }
+    warp_merge<kWarps>(t);
+  }
+  __syncthreads();  // `shared` is reused by the next merge
+  return t;
+}
+
+template <typename scalar_t, typename label_t, int N, bool kFixed>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     forward_partials_kernel(const scalar_t* __restrict__ logits,
                             const label_t* __restrict__ labels, int64_t groups, int64_t anchors,
                             int64_t classes, int64_t blocks_per_group, int64_t per_block,
                             int64_t first_label, Hyper<typename AccOf<scalar_t>::type> h,
-                            typename AccOf<scalar_t>::type* __restrict__ partials) {
+                            double* __restrict__ partials) {
   using acc_t = typename AccOf<scalar_t>::type;
-  __shared__ acc_t shared[2 * 3][kWarps];
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
+  __shared__ double shared[3][kWarps];
   const int64_t elements = anchors * classes;
   const int64_t items = groups * blocks_per_group;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const Range r = item_range(item, blocks_per_group, per_block, elements);
-    ForwardVisit<acc_t, label_t> visit{SoftmaxTriple<acc_t>::empty(),
-                                       SoftmaxTriple<acc_t>::empty(), h, first_label};
-    walk_range<vec_width<scalar_t>(), false>(logits + r.group * elements,
-                                             static_cast<scalar_t*>(nullptr),
-                                             labels + r.group * anchors, classes, r.lo, r.hi,
-                                             visit);
-    SoftmaxTriple<acc_t> neg = visit.neg;
-    SoftmaxTriple<acc_t> pos = visit.pos;
-    warp_merge<32>(neg);
-    warp_merge<32>(pos);
-    if (lane == 0) {
-      shared[0][warp] = neg.m;
-      shared[1][warp] = neg.z;
-      shared[2][warp] = neg.w;
-      shared[3][warp] = pos.m;
-      shared[4][warp] = pos.z;
-      shared[5][warp] = pos.w;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      neg = SoftmaxTriple<acc_t>::empty();
-      pos = SoftmaxTriple<acc_t>::empty();
-      if (lane < kWarps) {
-        neg.m = shared[0][lane];
-        neg.z = shared[1][lane];
-        neg.w = shared[2][lane];
-        pos.m = shared[3][lane];
-        pos.z = shared[4][lane];
-        pos.w = shared[5][lane];
+    ForwardSums<acc_t> sums{RunningMaxSums<acc_t>::start_negatives(h),
+                            RunningMaxSums<acc_t>::start_positives(h), h};
+    auto on_vector = [&](int64_t, const acc_t(&x)[N], VectorKinds kinds) {
+      if (kFixed) {
+        fold_fixed<N>(sums, x, kinds);
+      } else {
+        fold_running<N>(sums, x, kinds);
       }
-      warp_merge<kWarps>(neg);
-      warp_merge<kWarps>(pos);
-      if (lane == 0) {
-        acc_t* out = partials + item * 6;
-        out[0] = neg.m;
-        out[1] = neg.z;
-        out[2] = neg.w;
-        out[3] = pos.m;
-        out[4] = pos.z;
-        out[5] = pos.w;
-      }
+    };
+    auto on_element = [&](int64_t, acc_t x, int kind) { sums.add(sigmoid(x), kind); };
+    const scalar_t* gx = logits + r.group * elements;
+    walk_range<N, N * sizeof(scalar_t)>(gx, gx, labels + r.group * anchors,
+                                        static_cast<int>(classes), first_label, r.lo, r.hi,
+                                        on_vector, on_element);
+    const SoftmaxTriple<double> neg = block_merge(sums.neg.triple(), shared);
+    const SoftmaxTriple<double> pos = block_merge(sums.pos.triple(), shared);
+    if (threadIdx.x == 0) {
+      double* out = partials + item * 6;
+      out[0] = neg.m;
+      out[1] = neg.z;
+      out[2] = neg.w;
+      out[3] = pos.m;
+      out[4] = pos.z;
+      out[5] = pos.w;
     }
-    __syncthreads();  // `shared` is reused by the next item
   }
 }
 
@@ -338,7 +441,7 @@ __global__ void __launch_bounds__(kThreads)
 // a fixed tree; everything in double, as the CPU merges its chunks.
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_kernel(const acc_t* __restrict__ partials, int64_t groups,
+    finalize_kernel(const double* __restrict__ partials, int64_t groups,
                     int64_t blocks_per_group, Hyper<double> h, acc_t* __restrict__ losses,
                     acc_t* __restrict__ stats) {
   const int lane = threadIdx.x % 32;
@@ -348,16 +451,9 @@ __global__ void __launch_bounds__(kFinalizeThreads)
     SoftmaxTriple<double> neg = SoftmaxTriple<double>::empty();
     SoftmaxTriple<double> pos = SoftmaxTriple<double>::empty();
     for (int64_t b = lane; b < blocks_per_group; b += 32) {
-      const acc_t* part = partials + (g * blocks_per_group + b) * 6;
-      SoftmaxTriple<double> t;
-      t.m = static_cast<double>(part[0]);
-      t.z = static_cast<double>(part[1]);
-      t.w = static_cast<double>(part[2]);
-      neg.merge(t);
-      t.m = static_cast<double>(part[3]);
-      t.z = static_cast<double>(part[4]);
-      t.w = static_cast<double>(part[5]);
-      pos.merge(t);
+      const double* part = partials + (g * blocks_per_group + b) * 6;
+      neg.merge(SoftmaxTriple<double>{part[0], part[1], part[2]});
+      pos.merge(SoftmaxTriple<double>{part[3], part[4], part[5]});
     }
     warp_merge<32>(neg);
     warp_merge<32>(pos);
@@ -376,20 +472,8 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-template <typename acc_t, typename label_t>
-struct BackwardVisit {
-  GroupGrad<acc_t> gg;
-  Hyper<acc_t> h;
-  int64_t first_label;
-
-  __device__ __forceinline__ acc_t operator()(acc_t x, label_t label, int64_t cls) const {
-    const acc_t p = sigmoid(x);
-    return element_grad(p, element_kind(label, cls, first_label), gg, h);
-  }
-};
-
-template <typename scalar_t, typename label_t, int N>
-__global__ void __launch_bounds__(kThreads)
+template <typename scalar_t, typename label_t, int N, int kPiece>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     backward_kernel(const typename AccOf<scalar_t>::type* __restrict__ grad_losses,
                     const scalar_t* __restrict__ logits, const label_t* __restrict__ labels,
                     const typename AccOf<scalar_t>::type* __restrict__ stats, int64_t groups,
@@ -402,34 +486,37 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
     const Range r = item_range(item, blocks_per_group, per_block, elements);
     if (r.lo >= r.hi) continue;
-    BackwardVisit<acc_t, label_t> visit{
-        make_group_grad(grad_losses[r.group], stats + r.group * kNumStats, h), h, first_label};
-    walk_range<N, true>(logits + r.group * elements, grad_logits + r.group * elements,
-                        labels + r.group * anchors, classes, r.lo, r.hi, visit);
+    const GroupGrad<acc_t> gg =
+        make_group_grad(grad_losses[r.group], stats + r.group * kNumStats, h);
+    scalar_t* gout = grad_logits + r.group * elements;
+    auto on_vector = [&](int64_t e, const acc_t(&x)[N], VectorKinds kinds) {
+      acc_t p[N];
+      scalar_t out[N];
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        p[k] = sigmoid(x[k]);
+        const acc_t g = negative_grad(p[k], gg, h);
+        out[k] = FromAcc<scalar_t>::apply(((kinds.counted >> k) & 1u) ? g : acc_t(0));
+      }
+      if (kinds.positive != 0u) {  // cold: only a vector that holds a positive
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          if ((kinds.positive >> k) & 1u) out[k] = FromAcc<scalar_t>::apply(positive_grad(p[k], gg, h));
+        }
+      }
+      store_pack<N>(gout + e, out);
+    };
+    auto on_element = [&](int64_t e, acc_t x, int kind) {
+      gout[e] = FromAcc<scalar_t>::apply(element_grad(sigmoid(x), kind, gg, h));
+    };
+    walk_range<N, kPiece>(logits + r.group * elements, gout, labels + r.group * anchors,
+                          static_cast<int>(classes), first_label, r.lo, r.hi, on_vector,
+                          on_element);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
-
-struct Split {
-  int64_t blocks_per_group;  // 0 when there is no element
-  int64_t per_block;         // elements per range, a multiple of kRangeAlign
-  int64_t items;
-  unsigned grid;
-};
-
-Split make_split(const Problem& s, int multiprocessor_count) {
-  Split split{0, 0, 0, 0};
-  split.blocks_per_group = forward_blocks_per_group(s, multiprocessor_count);
-  if (split.blocks_per_group == 0) return split;
-  const int64_t elements = s.anchors * s.classes;
-  split.per_block =
-      ceil_div(ceil_div(elements, split.blocks_per_group), kRangeAlign) * kRangeAlign;
-  split.items = s.groups * split.blocks_per_group;
-  split.grid = static_cast<unsigned>(split.items < kMaxGrid ? split.items : kMaxGrid);
-  return split;
-}
 
 template <typename F>
 cudaError_t dispatch(LogitsType logits_type, LabelsType labels_type, F&& f) {
@@ -452,41 +539,115 @@ cudaError_t dispatch(LogitsType logits_type, LabelsType labels_type, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-}  // namespace
-
-int64_t forward_blocks_per_group(const Problem& s, int multiprocessor_count) {
-  if (s.groups <= 0 || s.anchors <= 0 || s.classes <= 0) return 0;
-  const int64_t elements = s.anchors * s.classes;
-  const int64_t sms = multiprocessor_count > 0 ? multiprocessor_count : 1;
-  int64_t blocks = ceil_div(sms * kBlocksPerMultiprocessor, s.groups);
-  const int64_t by_size = ceil_div(elements, kMinElementsPerBlock);
-  if (blocks > by_size) blocks = by_size;
-  return blocks < 1 ? 1 : blocks;
+// Launches `kernel` and returns the error of this launch alone (cudaLaunchKernelEx reports the
+// launch's own error; cudaGetLastError could report an earlier, unrelated one).
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), unsigned grid, unsigned block, cudaStream_t stream,
+                   Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(block);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = nullptr;
+  config.numAttrs = 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
 }
 
-int64_t forward_workspace_elements(const Problem& s, int multiprocessor_count) {
-  return s.groups * forward_blocks_per_group(s, multiprocessor_count) * 6;
+// The widest power of two (up to 16 bytes) by which the two addresses' offsets agree.
+int shared_alignment(const void* x, const void* out) {
+  const uintptr_t difference = reinterpret_cast<uintptr_t>(x) - reinterpret_cast<uintptr_t>(out);
+  for (int piece = 16; piece > 1; piece /= 2) {
+    if (difference % piece == 0) return piece;
+  }
+  return 1;
+}
+
+// Vector width of the walk: 16-byte vectors when every vector meets at most two anchors
+// (classes >= N), element by element otherwise.
+template <typename scalar_t>
+int walk_width(int64_t classes) {
+  return classes >= vec_width<scalar_t>() ? vec_width<scalar_t>() : 1;
+}
+
+template <typename scalar_t, typename label_t, int N>
+auto forward_kernel(bool fixed) {
+  return fixed ? forward_partials_kernel<scalar_t, label_t, N, true>
+               : forward_partials_kernel<scalar_t, label_t, N, false>;
+}
+
+// The forward kernel a call runs (the occupancy query and the launch must agree).
+template <typename scalar_t, typename label_t>
+auto forward_kernel_for(const Problem& s, bool fixed) {
+  constexpr int N = vec_width<scalar_t>();
+  return walk_width<scalar_t>(s.classes) == N ? forward_kernel<scalar_t, label_t, N>(fixed)
+                                               : forward_kernel<scalar_t, label_t, 1>(fixed);
+}
+
+// The grid: one wave of the forward kernel over the device.
+template <typename scalar_t, typename label_t>
+int64_t forward_wave(const Problem& s, int multiprocessor_count, bool fixed) {
+  int blocks_per_sm = 0;
+  const cudaError_t error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0);
+  if (error != cudaSuccess || blocks_per_sm < 1) {
+    (void)cudaGetLastError();  // the query's own error: fall back to the launch bound
+    blocks_per_sm = kMinBlocksPerSM;
+  }
+  return int64_t(multiprocessor_count > 0 ? multiprocessor_count : 1) * blocks_per_sm;
+}
+
+bool fixed_shifts(const LossOptions& hp) {
+  const Hyper<double> h = make_hyper<double>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin);
+  return h.fixed_neg && h.fixed_pos;
+}
+
+}  // namespace
+
+LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Problem& s,
+                         const LossOptions& hp, int multiprocessor_count,
+                         int64_t blocks_per_group_override) {
+  LaunchPlan plan{0, 0, 0, 0};
+  if (s.groups <= 0 || s.anchors <= 0 || s.classes <= 0) return plan;
+  int64_t wave = 0;
+  dispatch(logits_type, labels_type, [&](auto scalar_tag, auto label_tag) {
+    wave = forward_wave<decltype(scalar_tag), decltype(label_tag)>(s, multiprocessor_count,
+                                                                    fixed_shifts(hp));
+    return cudaSuccess;
+  });
+  const int64_t elements = s.anchors * s.classes;
+  int64_t blocks = ceil_div(wave, s.groups);
+  const int64_t by_size = ceil_div(elements, kMinElementsPerBlock);
+  if (blocks > by_size) blocks = by_size;
+  if (blocks_per_group_override > 0) blocks = blocks_per_group_override;
+  if (blocks < 1) blocks = 1;
+  plan.blocks_per_group = blocks;
+  plan.per_block = ceil_div(ceil_div(elements, blocks), kRangeAlign) * kRangeAlign;
+  const int64_t items = s.groups * blocks;
+  plan.grid = items < wave ? items : wave;
+  if (plan.grid > kMaxGrid) plan.grid = kMaxGrid;
+  plan.workspace_doubles = items * 6;
+  return plan;
 }
 
 cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsType labels_type,
                            const void* labels, const Problem& s, const LossOptions& hp,
-                           int multiprocessor_count, void* workspace, void* losses, void* stats,
-                           cudaStream_t stream) {
+                           const LaunchPlan& plan, double* workspace, void* losses,
+                           void* stats, cudaStream_t stream) {
   if (s.groups <= 0) return cudaSuccess;
-  const Split split = make_split(s, multiprocessor_count);
   return dispatch(logits_type, labels_type, [&](auto scalar_tag, auto label_tag) {
     using scalar_t = decltype(scalar_tag);
     using label_t = decltype(label_tag);
     using acc_t = typename AccOf<scalar_t>::type;
-    acc_t* partials = static_cast<acc_t*>(workspace);
-    if (split.items > 0) {
+    if (plan.blocks_per_group > 0) {
       const Hyper<acc_t> h =
           make_hyper<acc_t>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin);
-      forward_partials_kernel<scalar_t, label_t><<<split.grid, kThreads, 0, stream>>>(
-          static_cast<const scalar_t*>(logits), static_cast<const label_t*>(labels), s.groups,
-          s.anchors, s.classes, split.blocks_per_group, split.per_block, hp.first_label, h,
-          partials);
-      const cudaError_t error = cudaGetLastError();
+      const cudaError_t error =
+          launch(forward_kernel_for<scalar_t, label_t>(s, fixed_shifts(hp)),
+                 static_cast<unsigned>(plan.grid), kThreads, stream,
+                 static_cast<const scalar_t*>(logits), static_cast<const label_t*>(labels),
+                 s.groups, s.anchors, s.classes, plan.blocks_per_group, plan.per_block,
+                 hp.first_label, h, workspace);
       if (error != cudaSuccess) return error;
     }
     const Hyper<double> hd =
@@ -494,45 +655,39 @@ cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsTyp
     const int64_t finalize_blocks = ceil_div(s.groups, kFinalizeWarps);
     const unsigned grid = static_cast<unsigned>(
         finalize_blocks < kMaxFinalizeGrid ? finalize_blocks : kMaxFinalizeGrid);
-    finalize_kernel<acc_t><<<grid, kFinalizeThreads, 0, stream>>>(
-        partials, s.groups, split.blocks_per_group, hd, static_cast<acc_t*>(losses),
-        static_cast<acc_t*>(stats));
-    return cudaGetLastError();
+    return launch(finalize_kernel<acc_t>, grid, kFinalizeThreads, stream,
+                  static_cast<const double*>(workspace), s.groups, plan.blocks_per_group, hd,
+                  static_cast<acc_t*>(losses), static_cast<acc_t*>(stats));
   });
 }
 
 cudaError_t launch_backward(LogitsType logits_type, const void* grad_losses, const void* logits,
                             LabelsType labels_type, const void* labels, const void* stats,
-                            const Problem& s, const LossOptions& hp, int multiprocessor_count,
+                            const Problem& s, const LossOptions& hp, const LaunchPlan& plan,
                             void* grad_logits, cudaStream_t stream) {
-  const Split split = make_split(s, multiprocessor_count);
-  if (split.items == 0) return cudaSuccess;  // no element to write
+  if (plan.blocks_per_group == 0) return cudaSuccess;  // no element to write
   return dispatch(logits_type, labels_type, [&](auto scalar_tag, auto label_tag) {
     using scalar_t = decltype(scalar_tag);
     using label_t = decltype(label_tag);
     using acc_t = typename AccOf<scalar_t>::type;
-    const Hyper<acc_t> h =
-        make_hyper<acc_t>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin);
-    // 16-byte vectors need logits and gradient to sit at the same offset from a 16-byte
-    // boundary (then the head brings both to alignment at once).
-    const bool same_alignment =
-        reinterpret_cast<uintptr_t>(logits) % 16 == reinterpret_cast<uintptr_t>(grad_logits) % 16;
-    const auto* x = static_cast<const scalar_t*>(logits);
-    const auto* y = static_cast<const label_t*>(labels);
-    const auto* g = static_cast<const acc_t*>(grad_losses);
-    const auto* st = static_cast<const acc_t*>(stats);
-    auto* out = static_cast<scalar_t*>(grad_logits);
-    if (same_alignment) {
-      backward_kernel<scalar_t, label_t, vec_width<scalar_t>()>
-          <<<split.grid, kThreads, 0, stream>>>(g, x, y, st, s.groups, s.anchors, s.classes,
-                                                split.blocks_per_group, split.per_block,
-                                                hp.first_label, h, out);
-    } else {
-      backward_kernel<scalar_t, label_t, 1><<<split.grid, kThreads, 0, stream>>>(
-          g, x, y, st, s.groups, s.anchors, s.classes, split.blocks_per_group, split.per_block,
-          hp.first_label, h, out);
+    constexpr int N = vec_width<scalar_t>();
+    constexpr int kElement = static_cast<int>(sizeof(scalar_t));
+    // The gradient is stored in 16-byte vectors; the logits are loaded in 16-byte vectors
+    // too when they share the gradient's offset from a 16-byte boundary, else element by
+    // element (whole elements: offsets are multiples of the element size).
+    auto kernel = backward_kernel<scalar_t, label_t, 1, kElement>;
+    if (walk_width<scalar_t>(s.classes) == N) {
+      kernel = shared_alignment(logits, grad_logits) >= 16
+                   ? backward_kernel<scalar_t, label_t, N, 16>
+                   : backward_kernel<scalar_t, label_t, N, kElement>;
     }
-    return cudaGetLastError();
+    return launch(kernel, static_cast<unsigned>(plan.grid), kThreads, stream,
+                  static_cast<const acc_t*>(grad_losses), static_cast<const scalar_t*>(logits),
+                  static_cast<const label_t*>(labels), static_cast<const acc_t*>(stats),
+                  s.groups, s.anchors, s.classes, plan.blocks_per_group, plan.per_block,
+                  hp.first_label,
+                  make_hyper<acc_t>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin),
+                  static_cast<scalar_t*>(grad_logits));
   });
 }
 

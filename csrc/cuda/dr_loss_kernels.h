@@ -17,29 +17,38 @@ namespace cuda {
 enum class LogitsType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 enum class LabelsType : int { kInt32 = 0, kInt64 = 1 };
 
-// How the forward cuts each group into blocks. Depends on the shape and the device's
-// multiprocessor count only (never on the data), so a given call on a given device always
-// reduces in the same order and gives bitwise the same result.
-int64_t forward_blocks_per_group(const Problem& shape, int multiprocessor_count);
+// How both passes cut each group into blocks, and what the forward needs. Depends on the
+// shape, the temperatures (which forward kernel runs), the dtypes and the device (multiprocessor
+// count, occupancy), never on the data: a given call on a given device always reduces in the
+// same order and gives bitwise the same result.
+struct LaunchPlan {
+  int64_t blocks_per_group;   // 0 when there is no element
+  int64_t per_block;          // elements per range, a multiple of 16
+  int64_t grid;               // blocks launched: one wave, or fewer when there are few items
+  int64_t workspace_doubles;  // the forward's workspace: one pair of partial triples per block
+};
 
-// Number of accumulation-type elements (float, or double for float64 logits) of the forward's
-// workspace (one pair of softmax partials per block). 0 when nothing needs one.
-int64_t forward_workspace_elements(const Problem& shape, int multiprocessor_count);
+// blocks_per_group_override > 0 replaces the computed blocks per group (a debugging switch
+// that the tests use to exercise other splits).
+LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Problem& shape,
+                         const LossOptions& hyper, int multiprocessor_count,
+                         int64_t blocks_per_group_override);
 
 // Forward. losses [groups] and stats [groups, 6] are in the accumulation type (double for
-// float64 logits, float otherwise); workspace holds forward_workspace_elements() of that type.
-// Every output element is written. Returns the launch error (cudaSuccess when all launched).
+// float64 logits, float otherwise); workspace holds plan.workspace_doubles doubles. Every
+// output element is written. Returns the error of its own launches (cudaSuccess when all
+// launched).
 cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsType labels_type,
                            const void* labels, const Problem& shape, const LossOptions& hyper,
-                           int multiprocessor_count, void* workspace, void* losses, void* stats,
-                           cudaStream_t stream);
+                           const LaunchPlan& plan, double* workspace, void* losses,
+                           void* stats, cudaStream_t stream);
 
 // Backward. grad_losses [groups] and stats [groups, 6] in the accumulation type; grad_logits
-// has logits' shape and type and is fully written.
+// has logits' shape and type and is fully written. `plan` is plan_launch's for this call.
 cudaError_t launch_backward(LogitsType logits_type, const void* grad_losses, const void* logits,
                             LabelsType labels_type, const void* labels, const void* stats,
                             const Problem& shape, const LossOptions& hyper,
-                            int multiprocessor_count, void* grad_logits, cudaStream_t stream);
+                            const LaunchPlan& plan, void* grad_logits, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace drloss

@@ -1,0 +1,13 @@
+"""The benchmark's parts, one responsibility each (benchmarks/benchmark.py is the entry point).
+
+- providers: the registry of what is measured (add a peer there)
+- peers: the pure-PyTorch formulations the fused loss is compared with
+- inputs: the synthetic logits and labels
+- checks: the comparison with float64 that every provider passes before it is timed
+- timing, memory, floor: the harness (per-call times, peak extra memory, memory-traffic floor
+  and copy bandwidth)
+- machine: what the rows record about the machine
+- run: measures every point and makes the rows
+- csv_rows, table, plots: the reports
+- options: the command line
+"""

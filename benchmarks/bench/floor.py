@@ -1,0 +1,47 @@
+"""The memory-traffic floor of a call and the device's copy bandwidth it is compared with."""
+
+import time
+
+import torch
+
+from .timing import percentile
+
+
+def floor_bytes(mode, logits, labels):
+    """Memory-traffic floor of one call: the forward reads logits and labels once; the backward
+    reads them once more and writes the gradient (logits' size) once."""
+    x = logits.numel() * logits.element_size()
+    y = labels.numel() * labels.element_size()
+    forward = x + y
+    backward = x + y + x
+    return forward if mode == "forward" else forward + backward
+
+
+def copy_bytes(device):
+    """Size of the copy that measures bandwidth: large enough to leave every cache."""
+    return (1 << 30) if device == "cuda" else (256 << 20)
+
+
+def copy_bandwidth(device, nbytes, repeats=10):
+    """Bytes/s of dst.copy_(src) (counting the read and the write) on `device`, the median of
+    `repeats` copies: the memory-bound ceiling the providers' achieved bytes/s is compared with."""
+    n = nbytes // 4
+    src = torch.arange(n, dtype=torch.float32, device=device)  # any non-zero values do; cheaper than drawing them
+    dst = torch.empty_like(src)
+    for _ in range(2):
+        dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            dst.copy_(src)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            times.append(time.perf_counter() - t0)
+    return 2 * n * 4 / percentile(times, 50)

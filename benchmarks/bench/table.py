@@ -1,0 +1,92 @@
+"""What a run prints last: the speedups of fused, warnings on noisy figures, a Markdown table."""
+
+from .providers import PROVIDERS
+from .timing import MODES
+
+# A row whose 80th percentile is over this multiple of its 20th is flagged as noisy.
+NOISY_SPREAD = 1.5
+
+
+def fmt(value, digits=3):
+    if value == "" or value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def point_key(row):
+    return (row["mode"], row["N"], row["A"], row["C"], row["dtype"])
+
+
+def markdown_table(rows):
+    """One line per row, rows grouped by size, dtype and mode; the spread (p20-p80) stands
+    beside each median, and `fused speedup` = this provider's median / fused's median on the
+    same mode, size and dtype in this run."""
+    order = {name: i for i, name in enumerate(PROVIDERS)}
+    modes = {m: i for i, m in enumerate(MODES)}
+    rows = sorted(rows, key=lambda r: (r["N"], r["A"], r["C"], r["dtype"], modes[r["mode"]], order.get(r["provider"], len(order))))
+    fused = {point_key(r): r["median_ms"] for r in rows if r["provider"] == "fused"}
+    head = "| mode | N | A | C | dtype | provider | median ms | p20-p80 ms | peak extra MiB | GB/s | floor % | fused speedup |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        key = point_key(r)
+        speedup = f"{r['median_ms'] / fused[key]:.2f}x" if key in fused else "-"
+        cells = [
+            r["mode"],
+            str(r["N"]),
+            str(r["A"]),
+            str(r["C"]),
+            r["dtype"],
+            r["provider"],
+            fmt(r["median_ms"]),
+            f"{fmt(r['p20_ms'])}-{fmt(r['p80_ms'])}",
+            fmt(r["peak_extra_mib"]),
+            fmt(r["achieved_gbps"]),
+            fmt(100 * r["floor_fraction"], 2),
+            speedup,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(rows, mode="forward_backward"):
+    """Sentences with fused's speedup over every other provider, and pooled over pooled."""
+    out = []
+    by_key = {}
+    for r in rows:
+        by_key.setdefault(point_key(r), {})[r["provider"]] = r["median_ms"]
+    for (m, n, a, c, dt), times in by_key.items():
+        if m != mode or "fused" not in times:
+            continue
+        parts = [f"{p} {times[p] / times['fused']:.1f}x" for p in times if p != "fused"]
+        if "fused_pooled" in times and "official_pooled" in times:
+            parts.append(f"(pooled vs pooled: fused_pooled over official_pooled {times['official_pooled'] / times['fused_pooled']:.1f}x)")
+        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; speedup of fused over " + ", ".join(parts))
+    return out
+
+
+def noise_warnings(rows):
+    """Sentences on figures that the machine's load has made unreliable: a provider whose
+    forward median is above its forward+backward median (which does the forward too: only
+    noise gives that), and rows whose p80 is over NOISY_SPREAD times their p20."""
+    out = []
+    medians = {(r["provider"],) + point_key(r): r["median_ms"] for r in rows}
+    for r in rows:
+        if r["mode"] != "forward":
+            continue
+        both = medians.get((r["provider"], "forward_backward") + point_key(r)[1:])
+        if both is not None and r["median_ms"] > both:
+            out.append(
+                f"- {r['provider']} N={r['N']} A={r['A']} C={r['C']} {r['dtype']}: forward {r['median_ms']:.3g} ms is slower than "
+                f"forward+backward {both:.3g} ms: the machine was busy; take neither figure at face value"
+            )
+    noisy = [r for r in rows if r["p20_ms"] > 0 and r["p80_ms"] > NOISY_SPREAD * r["p20_ms"]]
+    if noisy:
+        names = ", ".join(f"{r['provider']} {r['mode']}" for r in noisy)
+        out.append(f"- p80 over {NOISY_SPREAD:g}x p20 (noisy): {names}")
+    return out
