@@ -529,7 +529,6 @@ def test_opcheck(device, generator):
 
 
 def test_rejects_wrong_rank(device):
-    labels = torch.zeros(3, dtype=torch.long, device=device)
     with pytest.raises(RuntimeError, match="logits must have shape"):
         sigmoid_dr_loss(torch.randn(3, device=device), torch.zeros((), dtype=torch.long, device=device))
     with pytest.raises(RuntimeError, match="logits must have shape"):

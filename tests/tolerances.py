@@ -27,6 +27,8 @@ are added to the first term's factor: the slope sigmoid(L d) moves by L times th
 d = E_neg - E_pos + margin (each E is off by about (1 + |s| spread) eps, `spread` the weighted
 mean of |p - E|), and the float64 evaluation that gives the expected values has its own error:
 its sums (group_size eps64) and, where it normalizes exponents as large as |s|, |s| eps64.
+Last, the kernels compute e^-x as 2^(-x log2 e): the rounded argument gives p, and with it the
+element, a relative error of |x| log2(e) eps (GradientBound.argument).
 Every quantity in the bound is the element's own or its group's: a wrong element (zeroed,
 perturbed by 1e-3 of itself, another element's value) exceeds it, whatever the other elements
 are. `test_checker_rejects_*` in tests/test_sigmoid_dr_loss.py show it.
@@ -40,6 +42,8 @@ import torch
 # exponent, the sums). Measured errors stay below 1/4 of the bound it gives (see
 # tests/test_properties.py, which draws hyperparameters down to MIN_LAMBDA).
 ELEMENT_FACTOR = 16.0
+
+LOG2E = 1.0 / math.log(2.0)
 
 # The loss in float32 is within 1e-6 relative of float64 (docs/design.md, "Accuracy") for L <= 6;
 # its sensitivity to the expectations grows with L (dloss/dd / loss <= L), so beyond L = 6 the
@@ -94,7 +98,8 @@ def relative_factor(dtype, kernel, float64):
 
 class Float64Eval:
     """What dense_float64 returns: `losses` [G], `grad` (logits' shape), `stats` [G, 6] (m, Z, E
-    of the negatives, then of the positives, with m the largest exponent), `spread` [G, 2] (per
+    of the negatives, then of the positives, with m the largest exponent in base 2, as the
+    kernels keep it), `spread` [G, 2] (per
     sign, the softmax-weighted mean of |p - E|), `scales` (|s| per sign) and `bound` (a
     GradientBound), all float64 on the CPU."""
 
@@ -128,7 +133,8 @@ def dense_float64(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_
     d = signs[0][5] - signs[1][5] + margin
     losses = tau / L * torch.nn.functional.softplus(L * d)
     (grad,) = torch.autograd.grad((losses * g).sum(), x)
-    stats = torch.stack([t for (_, _, m, _, Z, E) in signs for t in (m, Z.detach(), E.detach())], dim=1)
+    # The kernels keep base-2 exponents (m in units of log2; Z = sum 2^(t - m) is the same number).
+    stats = torch.stack([t for (_, _, m, _, Z, E) in signs for t in (m * LOG2E, Z.detach(), E.detach())], dim=1)
 
     slope = (g * tau * torch.sigmoid(L * d.detach())).abs().view(G, 1, 1)
     scale = torch.zeros_like(p, requires_grad=False)
@@ -147,7 +153,8 @@ def dense_float64(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_
     kernel = kernel.view(G, 1, 1).expand_as(scale)
     if pooled:
         scale, floor, kernel = scale[0], floor[0], kernel[0]
-    bound = GradientBound(scale, floor, kernel, float64)
+    argument = LOG2E * x.detach().abs() * grad.abs()
+    bound = GradientBound(scale, floor, kernel, float64, argument)
     return Float64Eval(
         losses=losses.detach(), grad=grad, stats=stats, spread=spread, scales=(signs[0][1], signs[1][1]), bound=bound,
         group_size=A * C,
@@ -164,16 +171,19 @@ def bound_terms(p, abs_s, E, q, slope):
 class GradientBound:
     """The per-element error bound of the module docstring for one input, float64 tensors shaped
     like the logits: `scale` and `floor` (the element's magnitudes), `kernel` (its group's
-    factor of the slope's error) and `float64` (the float64 evaluation's factor, a number)."""
+    factor of the slope's error), `float64` (the float64 evaluation's factor, a number) and
+    `argument` (log2(e) |x| |grad|: the kernels evaluate e^-x as 2^(-x log2 e), whose rounded
+    argument gives p a relative error of |x| log2(e) eps, visible where p ~ e^x is tiny)."""
 
-    def __init__(self, scale, floor, kernel, float64):
-        self.scale, self.floor, self.kernel, self.float64 = scale, floor, kernel, float64
+    def __init__(self, scale, floor, kernel, float64, argument):
+        self.scale, self.floor, self.kernel, self.float64, self.argument = scale, floor, kernel, float64, argument
 
     def tolerance(self, dtype):
         """The bound for a gradient computed from `dtype` logits."""
         acc = accumulate_dtype(dtype)
         tiny = self.floor * (torch.finfo(acc).tiny / torch.finfo(torch.float32).tiny)
-        return relative_factor(dtype, self.kernel, self.float64) * self.scale + tiny
+        rounded_argument = 2 * unit_roundoff(acc) * self.argument
+        return relative_factor(dtype, self.kernel, self.float64) * self.scale + rounded_argument + tiny
 
 
 def stats_tolerance(want, reference, dtype):
@@ -187,20 +197,21 @@ def stats_tolerance(want, reference, dtype):
     want = want.detach().double().cpu()
     columns = []
     for k, abs_s in enumerate(reference.scales):
-        columns.append(ELEMENT_FACTOR * u * abs_s * torch.ones_like(want[:, 3 * k]))
+        columns.append(ELEMENT_FACTOR * u * abs_s * LOG2E * torch.ones_like(want[:, 3 * k]))
         columns.append((ELEMENT_FACTOR * u * (1 + abs_s) + sums) * want[:, 3 * k + 1].abs())
         columns.append(ELEMENT_FACTOR * u * (1 + abs_s * reference.spread[:, k]) + sums)
     return torch.stack(columns, dim=1)
 
 
 def shift_stats(stats, to):
-    """`stats` rescaled to the shifts m of `to` (Z * e^(m - m_to)): the kernels may shift the
-    exponents by any value (a max, or s itself), which changes m and Z but not Z e^m."""
+    """`stats` rescaled to the shifts m of `to` (Z * 2^(m - m_to), base-2 exponents): the kernels
+    may shift the exponents by any value (a max, or the largest reachable), which changes m and
+    Z but not Z 2^m."""
     stats = stats.detach().double().cpu().clone()
     to = to.detach().double().cpu()
     for k in (0, 3):
         nonempty = stats[:, k + 1] > 0
-        rescale = torch.exp(stats[:, k] - to[:, k])
+        rescale = torch.exp2(stats[:, k] - to[:, k])
         stats[:, k + 1] = torch.where(nonempty, stats[:, k + 1] * rescale, stats[:, k + 1])
         stats[:, k] = torch.where(nonempty, to[:, k], stats[:, k])
     return stats
