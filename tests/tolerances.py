@@ -39,8 +39,9 @@ import math
 import torch
 
 # The constant of the per-element bound: a few roundings of each kind (sigmoid, exp, the
-# exponent, the sums). Measured errors stay below 1/4 of the bound it gives (see
-# tests/test_properties.py, which draws hyperparameters down to MIN_LAMBDA).
+# exponent, the sums). Over 1,500 problems drawn by tests/test_properties.py (lambdas down to
+# MIN_LAMBDA, logits up to +-40x a normal draw) the largest float32/float64 gradient error was
+# 0.27 of the bound, and the largest float32 loss error 0.6 of LOSS_RTOL (CPU kernels).
 ELEMENT_FACTOR = 16.0
 
 LOG2E = 1.0 / math.log(2.0)
