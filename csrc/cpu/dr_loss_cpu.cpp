@@ -69,8 +69,8 @@ void classify_chunk(const label_t* group_labels, int64_t begin, int64_t end, int
 
 // Conversions between the logits' storage and the accumulation type, written so that compilers
 // vectorize them (c10's scalar conversions do not vectorize): bfloat16 is the high half of a
-// float, rounded to nearest even on the way back; half goes through _Float16, which the
-// x86-64-v3 and -v4 clones convert with F16C.
+// float, rounded to nearest even on the way back; half uses c10's branch-free bit conversions
+// (c10::Half's own operators go through calls the loops do not vectorize).
 template <typename scalar_t>
 struct Storage {
   using raw_t = scalar_t;
@@ -102,24 +102,15 @@ struct Storage<c10::BFloat16> {
   }
 };
 
-#if defined(__FLT16_MAX__)
 template <>
 struct Storage<c10::Half> {
   using raw_t = uint16_t;
   template <typename acc_t>
   static float load(raw_t v) {
-    _Float16 h;
-    std::memcpy(&h, &v, sizeof(h));
-    return static_cast<float>(h);
+    return c10::detail::fp16_ieee_to_fp32_value(v);
   }
-  static raw_t store(float f) {
-    const _Float16 h = static_cast<_Float16>(f);
-    raw_t bits;
-    std::memcpy(&bits, &h, sizeof(bits));
-    return bits;
-  }
+  static raw_t store(float f) { return c10::detail::fp16_ieee_from_fp32_value(f); }
 };
-#endif
 
 template <typename scalar_t>
 using raw_of = typename Storage<scalar_t>::raw_t;
@@ -176,19 +167,21 @@ DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const acc_t* p, const in
     // reach the sums); m = -inf keeps that so.
   }
   LaneSums<acc_t> sums;
-  for (int64_t base = 0; base < n; base += kLanes) {
-    const int64_t lanes = std::min<int64_t>(kLanes, n - base);
+  // Both operands are computed for every lane and then selected, so the loop has no branch and
+  // no masked load (it vectorizes on every x86-64 level).
+  auto add_lane = [&](int64_t i, int j) {
+    const acc_t pi = p[i];
+    const acc_t weight = exp2_approx(h.s2_neg * pi - m);
+    const bool is_neg = neg[i] != 0;
+    compensated_add(sums.z_hi[j], sums.z_lo[j], is_neg ? weight : acc_t(0));
+    compensated_add(sums.w_hi[j], sums.w_lo[j], is_neg ? pi * weight : acc_t(0));
+  };
+  const int64_t whole = n - n % kLanes;
+  for (int64_t base = 0; base < whole; base += kLanes) {
 #pragma omp simd
-    for (int64_t j = 0; j < lanes; ++j) {
-      // Both operands are computed for every lane and then selected, so the loop has no
-      // branch and no masked load (it vectorizes on every x86-64 level).
-      const acc_t pi = p[base + j];
-      const acc_t weight = exp2_approx(h.s2_neg * pi - m);
-      const bool is_neg = neg[base + j] != 0;
-      compensated_add(sums.z_hi[j], sums.z_lo[j], is_neg ? weight : acc_t(0));
-      compensated_add(sums.w_hi[j], sums.w_lo[j], is_neg ? pi * weight : acc_t(0));
-    }
+    for (int j = 0; j < kLanes; ++j) add_lane(base + j, j);
   }
+  for (int64_t i = whole; i < n; ++i) add_lane(i, static_cast<int>(i - whole));
   return sums.triple(m);
 }
 
