@@ -659,8 +659,8 @@ def test_hyperparameter_tensors(device, generator, loss_fn, name):
     with pytest.raises(ValueError, match=f"{name} must be a real number or a 0-dim tensor"):
         loss_fn(logits, labels, **{name: torch.tensor([value])})
     # A 0-dim tensor without grad, or a numpy float, is the number it holds.
-    want = loss_fn(logits, labels, **{name: value})
-    for form in (torch.tensor(value, dtype=torch.float64), np.float32(value)):
+    for form in (torch.tensor(value, dtype=torch.float64), torch.tensor(value, dtype=torch.float32), np.float32(value)):
+        want = loss_fn(logits, labels, **{name: float(form)})
         torch.testing.assert_close(loss_fn(logits, labels, **{name: form}), want, rtol=0, atol=0)
     for bad in (True, "0.5", None, torch.tensor(True)):
         with pytest.raises(TypeError, match=f"{name} must be a real number"):
