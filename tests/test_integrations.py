@@ -288,6 +288,10 @@ def test_mmdet_loss_arguments():
         loss_module(logits[0, 0], labels[0, 0])
     with pytest.raises(ValueError, match="label_weights"):
         loss_module(logits, labels, torch.full((2, 10), 0.5))
+    with pytest.raises(ValueError, match="labels"):
+        loss_module(logits, labels + 1)  # a label above num_classes
+    unchecked = MMDetSigmoidDRLoss(loss_fn=reference.sigmoid_dr_loss, check_targets=False)
+    torch.testing.assert_close(unchecked(logits, labels, torch.full((2, 10), 0.5)), reference.sigmoid_dr_loss(logits, labels))
     # The head config: SigmoidDRLoss, sigmoid, whatever else the user wrote kept.
     assert head_loss_cls_config() == dict(type="SigmoidDRLoss", use_sigmoid=True)
     assert head_loss_cls_config(dict(loss_weight=2.0)) == dict(type="SigmoidDRLoss", use_sigmoid=True, loss_weight=2.0)

@@ -27,6 +27,8 @@ class MMDetSigmoidDRLoss(nn.Module):
         pos_lambda, neg_lambda, L, tau, margin: DR loss's parameters (the paper's defaults).
         loss_fn: the function computing the loss, with sigmoid_dr_loss's signature (default: the
             fused `drloss_cuda.sigmoid_dr_loss`; `drloss_cuda.reference.sigmoid_dr_loss` also fits).
+        check_targets: validate labels and label_weights on every call (a host sync on a small
+            [N, A] tensor); False skips that once the wiring is known to be right.
 
     forward(cls_score, labels, label_weights=None, avg_factor=None, reduction_override=None):
         cls_score: [N, A, C] (one DR loss per image: what DRLossRetinaHead passes, every level
@@ -34,13 +36,15 @@ class MMDetSigmoidDRLoss(nn.Module):
             for one FPN level).
         labels: [N, A] or [M], mmdet's convention (0..C-1 classes, C background).
         label_weights: same shape; 0 drops the anchor (between the IoU thresholds, outside the
-            image), 1 keeps it. DR loss has no per-anchor weight: any other value raises.
+            image), 1 keeps it. DR loss has no per-anchor weight: any other value raises (with
+            check_targets).
         avg_factor: accepted and not used. mmdet passes the number of positives to normalize a
             sum over anchors; DR loss is one value per group, not such a sum.
     """
 
     def __init__(self, use_sigmoid=True, loss_weight=1.0, reduction="mean", pos_lambda=DEFAULT_POS_LAMBDA,
-                 neg_lambda=DEFAULT_NEG_LAMBDA, L=DEFAULT_L, tau=DEFAULT_TAU, margin=DEFAULT_MARGIN, loss_fn=None):
+                 neg_lambda=DEFAULT_NEG_LAMBDA, L=DEFAULT_L, tau=DEFAULT_TAU, margin=DEFAULT_MARGIN, loss_fn=None,
+                 check_targets=True):
         super().__init__()
         if use_sigmoid is not True:
             raise ValueError(f"use_sigmoid must be True (DR loss is a sigmoid loss), got {use_sigmoid!r}")
@@ -50,6 +54,7 @@ class MMDetSigmoidDRLoss(nn.Module):
         self.reduction = reduction
         self.options = dict(pos_lambda=pos_lambda, neg_lambda=neg_lambda, L=L, tau=tau, margin=margin)
         self.loss_fn = loss_fn
+        self.check_targets = check_targets
 
     def forward(self, cls_score, labels, label_weights=None, avg_factor=None, reduction_override=None):
         reduction = self.reduction if reduction_override is None else reduction_override
@@ -60,7 +65,7 @@ class MMDetSigmoidDRLoss(nn.Module):
         if label_weights is None:
             label_weights = labels.new_ones(labels.shape)
         # mmdet's background is num_classes already; only the dropped anchors need rewriting.
-        labels = conventions.from_mmdet(labels, label_weights, num_classes, check=False)
+        labels = conventions.from_mmdet(labels, label_weights, num_classes, check=self.check_targets)
         loss_fn = self.loss_fn if self.loss_fn is not None else _fused_loss()
         loss = loss_fn(cls_score, labels, first_label=0, reduction=reduction, **self.options)
         return self.loss_weight * loss
