@@ -402,3 +402,26 @@ def test_detectron2_meta_architecture():
     model = build_model(cfg)
     assert isinstance(model, integration.DRLossRetinaNet)
     assert torch.equal(model.head.cls_score.bias.detach(), torch.zeros_like(model.head.cls_score.bias))
+
+
+def _doc_snippet(heading):
+    """The first ```python block under a heading of docs/integration.md."""
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_docs_torchvision_snippet_runs_offline(capsys):
+    """The documented torchvision snippet, as written: no download, DR loss, prior 0.5."""
+    framework_or_skip("torchvision")
+    namespace = {}
+    exec(compile(_doc_snippet("torchvision RetinaNet"), "docs/integration.md", "exec"), namespace)
+    head = namespace["model"].head.classification_head
+    assert type(head).__name__ == "DRLossClassificationHead"
+    assert torch.equal(head.cls_logits.bias.detach(), torch.zeros_like(head.cls_logits.bias))
+    losses = namespace["losses"]
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert 0.0 < losses["classification"].item() < 6.0  # DR loss's range, not focal loss's
+    assert "classification" in capsys.readouterr().out
