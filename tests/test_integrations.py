@@ -151,14 +151,13 @@ def _official_labels(matched_idxs, gt_labels):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("num_classes", [4])
-def test_torchvision_retinanet_trains_with_dr_loss(device, generator, monkeypatch, num_classes):
+def test_torchvision_retinanet_trains_with_dr_loss(device, generator, monkeypatch):
     """A real torchvision RetinaNet with use_dr_loss: the classification loss torchvision reports
     is DR loss (against the reference, value and gradient, on the inputs torchvision passes),
     the box loss is unchanged, and a few SGD steps make the classification loss fall."""
     from drloss_cuda.integrations.torchvision import DRLossClassificationHead, use_dr_loss
 
-    seed = int(torch.randint(0, 2**31 - 1, ()))
+    seed, num_classes = int(torch.randint(0, 2**31 - 1, ())), 4
     stock = _torchvision_retinanet(num_classes, seed).to(device).train()
     model = use_dr_loss(copy.deepcopy(stock))
     head = model.head.classification_head
@@ -206,7 +205,7 @@ def test_torchvision_retinanet_trains_with_dr_loss(device, generator, monkeypatc
         optimizer.step()
         history.append(losses["classification"].item())
     print("classification loss per step:", history)
-    assert history[0] == pytest.approx(want.item(), rel=1e-5)  # the same weights as above
+    assert history[0] == pytest.approx(want.item(), rel=1e-4)  # the same weights as above
     assert history[-1] < history[0] - 0.02
     assert all(b <= a + 1e-4 for a, b in zip(history, history[1:]))
 
