@@ -155,7 +155,8 @@ def test_torchvision_retinanet_trains_with_dr_loss(device, generator, monkeypatc
     """A real torchvision RetinaNet with use_dr_loss: the classification loss torchvision reports
     is DR loss (against the reference, value and gradient, on the inputs torchvision passes),
     the box loss is unchanged, and a few SGD steps make the classification loss fall."""
-    from drloss_cuda.integrations.torchvision import DRLossClassificationHead, use_dr_loss
+    integration = framework_or_skip("drloss_cuda.integrations.torchvision")
+    DRLossClassificationHead, use_dr_loss = integration.DRLossClassificationHead, integration.use_dr_loss
 
     seed, num_classes = int(torch.randint(0, 2**31 - 1, ())), 4
     stock = _torchvision_retinanet(num_classes, seed).to(device).train()
@@ -211,7 +212,8 @@ def test_torchvision_retinanet_trains_with_dr_loss(device, generator, monkeypatc
 
 
 def test_torchvision_use_dr_loss_options(generator):
-    from drloss_cuda.integrations.torchvision import DRLossClassificationHead, use_dr_loss
+    integration = framework_or_skip("drloss_cuda.integrations.torchvision")
+    DRLossClassificationHead, use_dr_loss = integration.DRLossClassificationHead, integration.use_dr_loss
 
     model = _torchvision_retinanet(3, 0)
     bias = model.head.classification_head.cls_logits.bias.detach().clone()
