@@ -3,11 +3,15 @@
     from drloss_cuda import SigmoidDRLoss, sigmoid_dr_loss
 
 `drloss_cuda.reference` is a pure-PyTorch implementation with the same signature. It imports
-without the compiled extension; the fused names load the extension on first use.
+without the compiled extension, as do the prior helpers (`init_classifier_prior`, `prior_bias`);
+the fused names load the extension on first use. Detector integrations live in
+`drloss_cuda.integrations` (torchvision, mmdet, detectron2), each importing its framework only
+when imported itself.
 """
 
 from . import reference
-from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU, MIN_LAMBDA
+from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+from .initialization import DR_LOSS_PRIOR, FOCAL_LOSS_PRIOR, init_classifier_prior, prior_bias
 
 __version__ = "0.1.0"
 
@@ -21,7 +25,10 @@ __all__ = [
     "DEFAULT_L",
     "DEFAULT_TAU",
     "DEFAULT_MARGIN",
-    "MIN_LAMBDA",
+    "DR_LOSS_PRIOR",
+    "FOCAL_LOSS_PRIOR",
+    "init_classifier_prior",
+    "prior_bias",
 ]
 
 _FUSED = {

@@ -7,15 +7,19 @@ regression on the positive anchors. Anchors are matched by IoU: positive >= 0.5,
 < 0.4, ignored in between (plus each box's best anchor, as RetinaNet's low-quality matches).
 Labels use drloss_cuda's default convention: classes 0..C-1, background C, ignore -1.
 
-    python examples/train_tiny_detector.py                     # fused DR loss
+It trains with SGD and momentum, as detectors do, from the classifier prior of the loss: 0.5
+for DR loss (the official configs'), 0.01 for focal loss (RetinaNet's).
+
+    python examples/train_tiny_detector.py                     # fused DR loss, prior 0.5
     python examples/train_tiny_detector.py --loss dr-reference # pure-PyTorch DR loss
-    python examples/train_tiny_detector.py --loss focal        # sigmoid focal loss
+    python examples/train_tiny_detector.py --loss focal        # sigmoid focal loss, prior 0.01
+    python examples/train_tiny_detector.py --prior 0.01        # DR loss from focal loss's prior
+    python examples/train_tiny_detector.py --compare           # all of the above but dr-reference
 
 At the end it prints AP at IoU 0.5 per class and their mean on a held-out synthetic set.
 """
 
 import argparse
-import math
 import time
 
 import torch
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drloss_cuda
-from drloss_cuda import conventions, reference
+from drloss_cuda import DR_LOSS_PRIOR, FOCAL_LOSS_PRIOR, conventions, init_classifier_prior, reference
 
 CLASSES = ("red square", "green square", "blue disc")
 NUM_CLASSES = len(CLASSES)
@@ -129,7 +133,7 @@ def decode(deltas, anchors):
 
 
 class TinyDetector(nn.Module):
-    def __init__(self, num_classes=NUM_CLASSES, width=32, prior=0.01):
+    def __init__(self, num_classes=NUM_CLASSES, width=32, prior=DR_LOSS_PRIOR):
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = len(ANCHOR_SIZES)
@@ -141,7 +145,7 @@ class TinyDetector(nn.Module):
         self.cls = nn.Conv2d(width, self.num_anchors * num_classes, 3, padding=1)
         self.box = nn.Conv2d(width, self.num_anchors * 4, 3, padding=1)
         nn.init.normal_(self.cls.weight, std=0.01)
-        nn.init.constant_(self.cls.bias, -math.log((1 - prior) / prior))
+        init_classifier_prior(self.cls, prior)
         nn.init.normal_(self.box.weight, std=0.01)
         nn.init.zeros_(self.box.bias)
 
@@ -169,6 +173,14 @@ def focal_loss(logits, labels, alpha=0.25, gamma=2.0):
     loss = ce * (1 - p_t) ** gamma * (alpha * targets + (1 - alpha) * (1 - targets))
     num_pos = targets.sum().clamp(min=1)
     return (loss * valid[..., None]).sum() / num_pos
+
+
+LOSSES = ("dr", "dr-reference", "focal")
+
+
+def default_prior(loss_name):
+    """The classifier prior each loss is used with: DR loss's official 0.5, focal loss's 0.01."""
+    return FOCAL_LOSS_PRIOR if loss_name == "focal" else DR_LOSS_PRIOR
 
 
 def classification_loss(name, logits, labels):
@@ -266,16 +278,19 @@ def average_precision_50(detections, boxes, classes):
 # Training
 
 
-def train(loss_name="dr", steps=300, batch=16, lr=2e-3, seed=0, dtype=torch.float32, log_every=50,
-          model=None, log=print):
-    """Trains from `seed` (weights and data); returns (model, per-step total losses)."""
+def train(loss_name="dr", steps=300, batch=16, lr=0.05, momentum=0.9, weight_decay=1e-4, warmup=50, prior=None,
+          seed=0, dtype=torch.float32, log_every=50, model=None, log=print):
+    """Trains with SGD and momentum from `seed` (weights and data), the learning rate rising
+    linearly over the first `warmup` steps; returns (model, per-step total losses). `prior`
+    (default: the loss's own, see default_prior) sets the classifier bias of a new model."""
     torch.manual_seed(seed)
     if model is None:
-        model = TinyDetector()
+        model = TinyDetector(prior=default_prior(loss_name) if prior is None else prior)
     model = model.to(dtype)
     anchors = make_anchors(dtype)
     data = torch.Generator().manual_seed(seed + 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup, 1)))
     losses = []
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -288,6 +303,7 @@ def train(loss_name="dr", steps=300, batch=16, lr=2e-3, seed=0, dtype=torch.floa
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        scheduler.step()
         losses.append(loss.detach())
         if log and (step % log_every == 0 or step == 1):
             log(f"step {step:4d}  loss {loss.item():.4f}  (cls {cls.item():.4f}, box {reg.item():.4f})  "
@@ -304,23 +320,45 @@ def evaluate(model, images=200, seed=12345, dtype=torch.float32):
     return average_precision_50(detections, boxes, classes)
 
 
+def run(loss_name, prior, args):
+    start = time.perf_counter()
+    model, losses = train(loss_name, steps=args.steps, batch=args.batch, lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay, warmup=args.warmup, prior=prior, seed=args.seed,
+                          log=None if args.compare else print)
+    aps = evaluate(model, images=args.eval_images)
+    name = f"loss={loss_name} prior={default_prior(loss_name) if prior is None else prior}"
+    print(f"{name}  AP50 per class: " + ", ".join(f"{n} {ap:.3f}" for n, ap in zip(CLASSES, aps)))
+    print(f"{name}  mAP@0.5 = {sum(aps) / len(aps):.3f}  final loss {losses[-1].item():.4f}  "
+          f"({args.eval_images} held-out images, {time.perf_counter() - start:.0f}s in total)", flush=True)
+    return aps
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--loss", choices=("dr", "dr-reference", "focal"), default="dr")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-images", type=int, default=200)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--loss", choices=LOSSES, default="dr",
+                        help="dr: the fused sigmoid_dr_loss; dr-reference: drloss_cuda.reference (pure PyTorch); "
+                             "focal: sigmoid focal loss divided by the number of positives")
+    parser.add_argument("--prior", type=float, default=None,
+                        help=f"classifier prior (initial probability); default: {DR_LOSS_PRIOR} for DR loss, "
+                             f"{FOCAL_LOSS_PRIOR} for focal loss")
+    parser.add_argument("--compare", action="store_true",
+                        help=f"train DR loss at prior {DR_LOSS_PRIOR}, DR loss at prior {FOCAL_LOSS_PRIOR} and focal "
+                             f"loss at prior {FOCAL_LOSS_PRIOR} one after the other (ignores --loss and --prior)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--batch", type=int, default=16, help="images per step")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate after the warmup")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    parser.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warmup")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the training images")
+    parser.add_argument("--eval-images", type=int, default=200, help="held-out images for the mAP@0.5")
     args = parser.parse_args(argv)
 
-    start = time.perf_counter()
-    model, _ = train(args.loss, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    aps = evaluate(model, images=args.eval_images)
-    print(f"loss={args.loss}  AP50 per class: " + ", ".join(f"{n} {ap:.3f}" for n, ap in zip(CLASSES, aps)))
-    print(f"loss={args.loss}  mAP@0.5 = {sum(aps) / len(aps):.3f}  ({args.eval_images} held-out images, "
-          f"{time.perf_counter() - start:.0f}s in total)")
-    return aps
+    if not args.compare:
+        return run(args.loss, args.prior, args)
+    return {(name, prior): run(name, prior, args)
+            for name, prior in (("dr", DR_LOSS_PRIOR), ("dr", FOCAL_LOSS_PRIOR), ("focal", FOCAL_LOSS_PRIOR))}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""DR loss as the classification loss of torchvision's RetinaNet.
+
+    import torchvision
+    from drloss_cuda.integrations.torchvision import use_dr_loss
+
+    model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                num_classes=91)
+    use_dr_loss(model)          # DR loss, classifier prior 0.5; the box loss is unchanged
+
+`model(images, targets)["classification"]` is then the per-image DR loss averaged over the
+images (torchvision's focal loss is averaged over the images too, after dividing each image's
+sum by its number of foreground anchors; DR loss is not divided by anything).
+
+Importing this module imports torchvision; it raises ImportError when torchvision is missing or
+fails to load.
+"""
+
+from .. import conventions
+from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
+from . import import_framework
+
+_retinanet = import_framework("torchvision.models.detection.retinanet", needed_by=__name__)
+RetinaNetClassificationHead = _retinanet.RetinaNetClassificationHead
+
+
+def _default_loss():
+    from .. import SigmoidDRLoss  # the compiled extension loads here, not at import
+
+    return SigmoidDRLoss()
+
+
+class DRLossClassificationHead(RetinaNetClassificationHead):
+    """torchvision's RetinaNet classification head (same layers, same state_dict) whose
+    `compute_loss` is DR loss.
+
+    Args: those of RetinaNetClassificationHead, with prior_probability defaulting to DR loss's
+    0.5, and
+        loss: a callable (logits [N, A, C], labels [N, A]) -> loss, labels in drloss_cuda's
+            convention; default `drloss_cuda.SigmoidDRLoss()` (the fused loss, the paper's
+            defaults, mean over the images).
+    """
+
+    def __init__(self, in_channels, num_anchors, num_classes, prior_probability=DR_LOSS_PRIOR, norm_layer=None,
+                 *, loss=None):
+        super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability,
+                         norm_layer=norm_layer)
+        self.dr_loss = _default_loss() if loss is None else loss
+
+    def compute_loss(self, targets, head_outputs, matched_idxs):
+        # matched_idxs: -1 background, -2 between the IoU thresholds (ignored), >= 0 a box whose
+        # label is the class column, exactly as torchvision's focal loss reads them.
+        labels = conventions.from_torchvision(matched_idxs, [t["labels"] for t in targets], self.num_classes,
+                                              check=False)
+        return self.dr_loss(head_outputs["cls_logits"], labels)
+
+
+def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None):
+    """Makes a torchvision RetinaNet train its classifier with DR loss, in place; returns it.
+
+    Args:
+        model: a torchvision.models.detection.RetinaNet (any backbone).
+        prior: the classifier prior to initialize the classification bias for (0.5, DR loss's);
+            None keeps the current bias (e.g. after loading a DR loss checkpoint).
+        loss: the loss callable, as in DRLossClassificationHead (default: the fused SigmoidDRLoss).
+
+    The classification head keeps its weights and its state_dict keys; only its loss (and, unless
+    prior is None, its bias) changes. The regression head and its loss are untouched.
+    """
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    if not isinstance(head, RetinaNetClassificationHead):
+        raise TypeError("model must be a torchvision RetinaNet (model.head.classification_head a "
+                        f"RetinaNetClassificationHead), got {type(model).__name__}")
+    if not isinstance(head, DRLossClassificationHead):
+        head.__class__ = DRLossClassificationHead
+    head.dr_loss = _default_loss() if loss is None else loss
+    if prior is not None:
+        init_classifier_prior(head.cls_logits, prior)
+    return model
