@@ -10,7 +10,7 @@ when imported itself.
 """
 
 from . import reference
-from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+from ._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU, MIN_LAMBDA
 from .initialization import DR_LOSS_PRIOR, FOCAL_LOSS_PRIOR, init_classifier_prior, prior_bias
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_L",
     "DEFAULT_TAU",
     "DEFAULT_MARGIN",
+    "MIN_LAMBDA",
     "DR_LOSS_PRIOR",
     "FOCAL_LOSS_PRIOR",
     "init_classifier_prior",
