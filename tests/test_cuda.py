@@ -18,7 +18,6 @@ import torch
 
 from conftest import cuda_skip_reason
 from tolerances import (
-    LOG2E,
     assert_elementwise,
     assert_grad_close,
     assert_half_grad_close,
@@ -26,10 +25,9 @@ from tolerances import (
     assert_stats_close,
     bound_terms,
     dense_float64,
+    gradient_tolerance,
     group_relative,
-    relative_factor,
     shift_stats,
-    unit_roundoff,
 )
 
 _SKIP = cuda_skip_reason()
@@ -462,15 +460,14 @@ def test_element_index_above_2_pow_31_in_one_group(generator):
     q_pos = torch.exp(s_pos * p) / total[2]
     want_grad = torch.where(negative, slope * q_neg * (1 + s_neg * (p - e_neg)), 0.0)
     want_grad = torch.where(positive, -slope * q_pos * (1 + s_pos * (p - e_pos)), want_grad) * p * (1 - p)
-    scale_neg, floor_neg = bound_terms(p, abs(s_neg), e_neg, q_neg, slope)
-    scale_pos, floor_pos = bound_terms(p, abs(s_pos), e_pos, q_pos, slope)
-    scale = torch.where(negative, scale_neg, torch.where(positive, scale_pos, 0.0))
-    floor = torch.where(negative, floor_neg, torch.where(positive, floor_pos, 0.0))
+    neg_terms = bound_terms(p, s_neg, e_neg, q_neg, slope)
+    pos_terms = bound_terms(p, s_pos, e_pos, q_pos, slope)
+    scale, value, floor = (torch.where(negative, a, torch.where(positive, b, 0.0)) for a, b in zip(neg_terms, pos_terms))
     # The weighted spread of |p - E| is at most 1: the group's factor with spread 1 bounds it.
-    relative = relative_factor(torch.float32, *group_relative(L, (abs(s_neg), abs(s_pos)), (1.0, 1.0), n))
+    kernel, float64 = group_relative(L, (abs(s_neg), abs(s_pos)), (1.0, 1.0), n)
     finfo = torch.finfo(dtype)
-    argument = 2 * unit_roundoff(torch.float32) * LOG2E * x.abs() * want_grad.abs()  # see GradientBound
-    tol = relative * scale + floor + argument + finfo.eps * want_grad.abs() + finfo.tiny * finfo.eps
+    tol = gradient_tolerance(torch.float32, scale, value, floor, kernel, float64, x.abs())
+    tol = tol + finfo.eps * want_grad.abs() + finfo.tiny * finfo.eps  # one rounding to bfloat16
     assert (want_grad[len(check_rows) - 64 :] != 0).any()
     assert_elementwise(got, want_grad, tol, "gradient rows around element 2^31 and at the end")
 
@@ -503,9 +500,9 @@ def test_batch_over_2_pow_31_elements_float16(generator):
     want = ref.grad / R
     finfo = torch.finfo(torch.float16)
     _, float64 = group_relative(DEFAULTS["L"], ref.scales, (1.0, 1.0), R * K * C)
-    relative = relative_factor(torch.float32, ref.bound.kernel, float64)
-    argument = 2 * unit_roundoff(torch.float32) * ref.bound.argument / R
-    tol = (relative * ref.bound.scale + ref.bound.floor) / R + argument + finfo.eps * want.abs() + finfo.tiny * finfo.eps
+    b = ref.bound
+    tol = gradient_tolerance(torch.float32, b.scale / R, b.value / R, b.floor / R, b.kernel, float64, b.abs_x)
+    tol = tol + finfo.eps * want.abs() + finfo.tiny * finfo.eps
     # First, middle and last copies of each image, the last one past element 2^31.
     for r in (0, R // 2, R - 1):
         assert_elementwise(grad[:, r * K : (r + 1) * K], want, tol, f"copy {r} of the pattern")
