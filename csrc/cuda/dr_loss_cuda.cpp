@@ -2,12 +2,19 @@
 // inputs, device guard, current stream, outputs and workspace from torch's caching allocator
 // (so CUDA graphs capture them), dtype dispatch to the launchers of dr_loss_kernels.cu. No
 // host synchronization anywhere.
+//
+// Only c10/cuda and the CUDA runtime: ATen/cuda/CUDAContext.h would also need the cuBLAS and
+// cuSPARSE headers, which a toolkit with just the compiler and runtime does not have.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -36,6 +43,18 @@ cuda::LabelsType labels_type_of(const at::Tensor& labels) {
   return labels.scalar_type() == at::kInt ? cuda::LabelsType::kInt32 : cuda::LabelsType::kInt64;
 }
 
+// The forward's grid is sized by the device's SM count: asked of the runtime once per device
+// (an attribute query, no host synchronization) and kept.
+int multiprocessor_count(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> cached{};
+  int count = cached.at(device).load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    cached.at(device).store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
 void check_on_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
 }
@@ -58,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   poison_if_requested(stats);
   if (problem.groups == 0) return {losses, stats};
 
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = multiprocessor_count(logits.device().index());
   const int64_t workspace_elements = cuda::forward_workspace_elements(problem, sms);
   at::Tensor workspace = at::empty({workspace_elements}, acc_options);
   const cudaError_t error = cuda::launch_forward(
@@ -66,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
       labels.const_data_ptr(), problem, options, sms,
       workspace_elements > 0 ? workspace.mutable_data_ptr() : nullptr,
       losses.mutable_data_ptr(), stats.mutable_data_ptr(),
-      at::cuda::getCurrentCUDAStream().stream());
+      c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_CHECK(error);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {losses, stats};
@@ -89,12 +108,12 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   poison_if_requested(grad_logits);
   if (grad_logits.numel() == 0) return grad_logits;
 
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = multiprocessor_count(logits.device().index());
   const cudaError_t error = cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(),
       problem, options, sms, grad_logits.mutable_data_ptr(),
-      at::cuda::getCurrentCUDAStream().stream());
+      c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_CHECK(error);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_logits;
