@@ -24,7 +24,7 @@ step() {
 
 # fresh_venv DIR: creates a virtual environment at DIR and activates it.
 fresh_venv() {
-  if command -v deactivate >/dev/null 2>&1; then deactivate; fi
+  if declare -F deactivate >/dev/null; then deactivate; fi  # the previous venv's function
   python3 -m venv "$1"
   # shellcheck disable=SC1091
   source "$1/bin/activate"
