@@ -19,7 +19,7 @@ part_close() {
 }
 
 step() {
-  echo "== $*"
+  echo "== [$((SECONDS - PART_START))s into the part] $*"
 }
 
 # fresh_venv DIR: creates a virtual environment at DIR and activates it.
