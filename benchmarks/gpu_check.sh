@@ -65,16 +65,10 @@ skip() {
 }
 
 cuda_home() {
-  # CUDA_HOME, when unset, from nvcc's location (torch's extension builder needs it): the first
-  # candidate that holds the toolkit's headers.
+  # CUDA_HOME, when unset, from nvcc itself (torch's extension builder needs it; the nvcc on
+  # PATH may be a wrapper outside the toolkit): the same finder CI uses.
   if [ -z "${CUDA_HOME:-}" ]; then
-    local candidate
-    for candidate in "$(command -v nvcc >/dev/null 2>&1 && dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
-      if [ -n "$candidate" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then
-        CUDA_HOME=$candidate
-        break
-      fi
-    done
+    CUDA_HOME=$(bash .ci/cuda_home.sh 2>/dev/null || true)
   fi
   export CUDA_HOME
   [ -n "${CUDA_HOME:-}" ] && PATH="$CUDA_HOME/bin:$PATH"

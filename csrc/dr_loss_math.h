@@ -86,7 +86,8 @@ DRLOSS_HD int64_t positive_column(label_t label, int64_t classes, int64_t first_
 // exp2_approx(float): on the GPU the hardware ex2.approx.ftz (one MUFU instruction, ~2 ulp);
 // on the CPU a branch-free polynomial (round to nearest, then the degree-7 Taylor series of
 // 2^f = e^(f ln 2) on |f| <= 1/2, truncation error 5e-9) that compilers vectorize inside the
-// kernels' loops, where libm's exp2f does not. Results below 2^-126 flush to 0 on both.
+// kernels' loops, where libm's exp2f does not. Results below 2^-126 are 0 on the GPU and
+// 2^-126 on the CPU (see exp2_approx).
 // reciprocal(float): rcp.approx.ftz on the GPU (1 ulp), a division on the CPU.
 // For double, the libm functions and a division everywhere.
 DRLOSS_HD float exp2_approx(float x) {
@@ -95,8 +96,11 @@ DRLOSS_HD float exp2_approx(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #else
-  // Clamp so that 2^n stays a normal float, then fix the ends with selects (NaN passes
-  // through: every comparison with NaN is false and the polynomial of NaN is NaN).
+  // Clamp so that 2^n stays a normal float (NaN passes through: every comparison with NaN is
+  // false and the polynomial of NaN is NaN). No select fixes the ends: below 2^-126 the result
+  // stays 2^-126 (1.2e-38) and above 2^126 it stays 2^126, which changes no sum or gradient
+  // visibly (the kernels' exponents lie in [-93, 0] with a fixed shift) and saves 4 of the
+  // ~20 vector instructions.
   float xc = x > 126.0f ? 126.0f : x;
   xc = xc < -126.0f ? -126.0f : xc;
   // Round to nearest by the 1.5 * 2^23 trick: branch-free and vectorizable without SSE4.1.
@@ -114,10 +118,7 @@ DRLOSS_HD float exp2_approx(float x) {
   const int32_t bits = (static_cast<int32_t>(nf) + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
-  float result = poly * two_n;
-  result = x > 126.0f ? std::numeric_limits<float>::infinity() : result;
-  result = x < -126.0f ? 0.0f : result;
-  return result;
+  return poly * two_n;
 #endif
 }
 

@@ -1,0 +1,146 @@
+"""Packaging: the version has one source, and the sdist carries every file a build needs."""
+
+import importlib.metadata
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+import drloss_cuda
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
+
+
+def test_version_matches_the_installed_metadata():
+    try:
+        installed = importlib.metadata.version("drloss_cuda")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("drloss_cuda is imported from the source tree without being installed")
+    assert drloss_cuda.__version__ == installed
+
+
+def test_sdist_carries_every_source_and_header(tmp_path):
+    pytest.importorskip("build", reason="the `build` package is needed to make an sdist")
+    if not (ROOT / "setup.py").exists():
+        pytest.skip("not run from a source tree")
+    # --no-isolation: the sdist is made with the torch installed here (setup.py imports it)
+    # instead of a freshly downloaded one; -x skips the check of build-system.requires, which
+    # only matter for building a wheel.
+    out = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "-x", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (sdist,) = tmp_path.glob("drloss_cuda-*.tar.gz")
+    assert sdist.name == f"drloss_cuda-{drloss_cuda.__version__}.tar.gz"
+    with tarfile.open(sdist) as archive:
+        packed = {pathlib.PurePosixPath(*pathlib.PurePosixPath(name).parts[1:]) for name in archive.getnames()}
+
+    needed = {pathlib.PurePosixPath(p.relative_to(ROOT).as_posix()) for p in (ROOT / "csrc").rglob("*") if p.suffix in SOURCE_SUFFIXES}
+    needed |= {pathlib.PurePosixPath(p.relative_to(ROOT).as_posix()) for p in (ROOT / "drloss_cuda").glob("*.py")}
+    needed |= {pathlib.PurePosixPath(name) for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")}
+    assert any(p.suffix == ".cu" for p in needed) and any(p.suffix == ".h" for p in needed)
+    assert sorted(map(str, needed - packed)) == []
+    built = [p for p in packed if p.suffix in {".so", ".o", ".pyd"} or "__pycache__" in p.parts]
+    assert built == [], "the sdist must not carry build outputs"
+
+
+
+# Runs `setup.py --name` once per case in one process (importing torch once): torch's CUDA
+# version, torch's CUDA_HOME guess and the environment are set per case, and no GPU is visible.
+SETUP_DRIVER = """
+import contextlib, io, json, os, runpy, sys
+import torch, torch.utils.cpp_extension as cpp_extension
+torch.cuda.device_count = lambda: 0
+cuda_extensions = []  # setup.py's CUDAExtension calls: whether it chose the CUDA build
+make_cuda_extension = cpp_extension.CUDAExtension
+def recording_cuda_extension(*args, **kwargs):
+    cuda_extensions.append(args[0])
+    return make_cuda_extension(*args, **kwargs)
+cpp_extension.CUDAExtension = recording_cuda_extension
+results = []
+for case in json.loads(sys.argv[1]):
+    for name in ("FORCE_CUDA", "DRLOSS_CPU_ONLY", "TORCH_CUDA_ARCH_LIST"):
+        os.environ.pop(name, None)
+    os.environ.update(case["env"])
+    torch.version.cuda = case["torch_cuda"]
+    cpp_extension.CUDA_HOME = case["cuda_home"]
+    sys.argv = ["setup.py", "--name"]
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    cuda_extensions.clear()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path("setup.py", run_name="__main__")
+        except SystemExit as stop:
+            status = stop.code or 0
+    results.append({"status": status, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                    "cuda": bool(cuda_extensions)})
+print(json.dumps(results))
+"""
+
+# (case, torch.version.cuda, toolkit, TORCH_CUDA_ARCH_LIST, why CUDA cannot be built)
+CANNOT_BUILD_CUDA = [
+    ("torch without CUDA", None, "complete", "9.0", "was built without CUDA"),
+    ("no toolkit", "13.0", None, "9.0", "no CUDA toolkit was found"),
+    ("CUDA_HOME above a wrapper nvcc", "13.0", "no headers", "9.0", "has no include/cuda_runtime.h"),
+    ("no GPU and no architecture", "13.0", "complete", "", "set TORCH_CUDA_ARCH_LIST"),
+]
+
+
+def fake_toolkit(root, kind):
+    if kind is None:
+        return None
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "nvcc").write_text("")
+    if kind == "complete":
+        (root / "include").mkdir()
+        (root / "include" / "cuda_runtime.h").write_text("")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def setup_outcomes(tmp_path_factory):
+    """{(case, forced): {"status", "stdout", "stderr", "cuda"}}: setup.py's choice in every case."""
+    import json
+
+    if not (ROOT / "setup.py").exists():
+        pytest.skip("not run from a source tree")
+    tmp = tmp_path_factory.mktemp("toolkits")
+    cases, keys = [], []
+    for index, (case, torch_cuda, toolkit, arch_list, _) in enumerate(CANNOT_BUILD_CUDA):
+        cuda_home = fake_toolkit(tmp / str(index), toolkit)
+        for forced in (True, False):
+            env = {"TORCH_CUDA_ARCH_LIST": arch_list, **({"FORCE_CUDA": "1"} if forced else {})}
+            cases.append({"env": env, "torch_cuda": torch_cuda, "cuda_home": cuda_home})
+            keys.append((case, forced))
+    complete = fake_toolkit(tmp / "buildable", "complete")
+    cases.append({"env": {"TORCH_CUDA_ARCH_LIST": "9.0", "FORCE_CUDA": "1"}, "torch_cuda": "13.0", "cuda_home": complete})
+    keys.append(("buildable", True))
+    out = subprocess.run([sys.executable, "-c", SETUP_DRIVER, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return dict(zip(keys, json.loads(out.stdout.splitlines()[-1])))
+
+
+@pytest.mark.parametrize("case, expected", [(c[0], c[-1]) for c in CANNOT_BUILD_CUDA], ids=[c[0] for c in CANNOT_BUILD_CUDA])
+def test_setup_says_why_it_cannot_build_cuda(setup_outcomes, case, expected):
+    forced = setup_outcomes[(case, True)]  # FORCE_CUDA=1: stop, with the reason
+    assert isinstance(forced["status"], str), forced
+    assert "FORCE_CUDA=1 but the CUDA kernels cannot be built" in forced["status"]
+    assert expected in forced["status"]
+    automatic = setup_outcomes[(case, False)]  # otherwise: the CPU kernels only, and why
+    assert automatic["status"] == 0, automatic
+    assert automatic["stdout"].split() == ["drloss_cuda"]
+    assert not automatic["cuda"]
+    assert "building the CPU kernels only" in automatic["stderr"]
+    assert expected in automatic["stderr"]
+
+
+def test_setup_builds_cuda_with_a_toolkit_and_an_architecture(setup_outcomes):
+    outcome = setup_outcomes[("buildable", True)]
+    assert outcome["status"] == 0, outcome
+    assert outcome["stdout"].split() == ["drloss_cuda"]
+    assert outcome["cuda"]
+    assert "cannot be built" not in outcome["stderr"] and "CPU kernels only" not in outcome["stderr"]
