@@ -16,7 +16,6 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
-#include <limits>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -81,9 +80,9 @@ struct CudaCall {
 
 CudaCall plan_call(const at::Tensor& logits, const at::Tensor& labels, const Problem& problem,
                    const LossOptions& options) {
-  // The kernels keep a class index in 32 bits.
-  TORCH_CHECK(problem.classes <= std::numeric_limits<int32_t>::max(),
-              "sigmoid_dr_loss: on CUDA the number of classes must be below 2^31, got ",
+  // The kernels keep a class index in 32 bits, and add up to 2048 to it before wrapping.
+  TORCH_CHECK(problem.classes <= (int64_t(1) << 30),
+              "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
               problem.classes);
   return {problem, cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem,
                                      options, multiprocessor_count(logits.device().index()),
