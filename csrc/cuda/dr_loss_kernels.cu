@@ -36,6 +36,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -584,15 +585,31 @@ auto forward_kernel_for(const Problem& s, bool fixed) {
                                                : forward_kernel<scalar_t, label_t, 1>(fixed);
 }
 
-// The grid: one wave of the forward kernel over the device.
+// The grid: one wave of the forward kernel over the device. The occupancy calculator is asked
+// once per device and kernel and its answer kept (no call during a CUDA graph capture after the
+// first eager call, and no query cost per call).
 template <typename scalar_t, typename label_t>
 int64_t forward_wave(const Problem& s, int multiprocessor_count, bool fixed) {
-  int blocks_per_sm = 0;
-  const cudaError_t error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0);
-  if (error != cudaSuccess || blocks_per_sm < 1) {
-    (void)cudaGetLastError();  // the query's own error: fall back to the launch bound
-    blocks_per_sm = kMinBlocksPerSM;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices][2][2];  // [device][vector walk][fixed shifts]
+  const int wide = walk_width<scalar_t>(s.classes) == vec_width<scalar_t>() ? 1 : 0;
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();  // the query's own error
+    device = -1;
+  }
+  std::atomic<int>* slot =
+      device >= 0 && device < kMaxDevices ? &cached[device][wide][fixed ? 1 : 0] : nullptr;
+  int blocks_per_sm = slot != nullptr ? slot->load(std::memory_order_relaxed) : 0;
+  if (blocks_per_sm < 1) {
+    const cudaError_t error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0);
+    if (error != cudaSuccess || blocks_per_sm < 1) {
+      (void)cudaGetLastError();  // the query's own error: fall back to the launch bound
+      blocks_per_sm = kMinBlocksPerSM;
+    } else if (slot != nullptr) {
+      slot->store(blocks_per_sm, std::memory_order_relaxed);
+    }
   }
   return int64_t(multiprocessor_count > 0 ? multiprocessor_count : 1) * blocks_per_sm;
 }
