@@ -63,21 +63,26 @@ constexpr double kFixedShiftLimit = 64.0;
 // Policy 2: the most terms a plain (uncompensated) sum may cover.
 constexpr int kMaxPlainTerms = 8;
 
-// What entry (anchor with label `label`, class column `cls`) is. Labels below zero are ignored;
-// label - first_label == cls marks the positive; every other entry of a counted anchor
-// (including every entry of a background anchor, whatever its label) is negative.
-template <typename label_t>
-DRLOSS_HD int element_kind(label_t label, int64_t cls, int64_t first_label) {
-  if (label < 0) return kIgnored;
-  return (static_cast<int64_t>(label) - first_label == cls) ? kPositive : kNegative;
-}
-
-// The same, for a whole anchor: whether it counts, and its positive class column (-1 if none).
-// first_label >= 0 and label >= 0 here, so label - first_label cannot overflow.
+// The classification rule, per anchor: its positive class column, or -1 when it has none (an
+// ignored anchor, label < 0; a background anchor, any other label outside
+// [first_label, first_label + C)). first_label >= 0 and label >= 0 where it is subtracted, so
+// label - first_label cannot overflow.
 template <typename label_t>
 DRLOSS_HD int64_t positive_column(label_t label, int64_t classes, int64_t first_label) {
   const int64_t column = static_cast<int64_t>(label) - first_label;
-  return (label >= 0 && column >= 0 && column < classes) ? column : int64_t(-1);
+  // One unsigned compare: a negative column wraps to a huge one (classes > 0).
+  return (label >= 0 && static_cast<uint64_t>(column) < static_cast<uint64_t>(classes))
+             ? column
+             : int64_t(-1);
+}
+
+// The same rule for one entry (class column `cls` of an anchor): ignored when the label is
+// below zero, positive in the anchor's positive column, negative everywhere else (every entry
+// of a background anchor included).
+template <typename label_t>
+DRLOSS_HD int element_kind(label_t label, int64_t cls, int64_t classes, int64_t first_label) {
+  if (label < 0) return kIgnored;
+  return positive_column(label, classes, first_label) == cls ? kPositive : kNegative;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -305,7 +310,7 @@ DRLOSS_HD acc_t group_loss(acc_t e_neg, acc_t e_pos, const Hyper<acc_t>& h) {
 // dloss/dE_neg = tau * sigmoid(L * d) = -dloss/dE_pos.
 template <typename acc_t>
 DRLOSS_HD acc_t group_loss_slope(acc_t e_neg, acc_t e_pos, const Hyper<acc_t>& h) {
-  return h.tau / (acc_t(1) + exp(-h.L * (e_neg - e_pos + h.margin)));
+  return h.tau * sigmoid(h.L * (e_neg - e_pos + h.margin));
 }
 
 // Turns a group's two triples into its loss and the statistics saved for the backward.

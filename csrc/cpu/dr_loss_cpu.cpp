@@ -142,12 +142,7 @@ struct LaneSums {
       z += compensated_value(z_hi[j], z_lo[j]);
       w += compensated_value(w_hi[j], w_lo[j]);
     }
-    if (z == 0.0) return SoftmaxTriple<double>::empty();  // every term is > 0 (policy 1)
-    SoftmaxTriple<double> t;
-    t.m = static_cast<double>(m);
-    t.z = z;
-    t.w = w;
-    return t;
+    return SoftmaxTriple<double>::from_sums(static_cast<double>(m), z, 0.0, w, 0.0);
   }
 };
 

@@ -177,18 +177,15 @@ __device__ __forceinline__ VectorKinds classify_vector(const label_t* ya, int cl
   const uint32_t first = crosses ? (1u << b) - 1u : kAll;
   VectorKinds kinds;
   kinds.counted = (label0 >= 0 ? first : 0u) | (label1 >= 0 ? (kAll & ~first) : 0u);
-  // Offsets of the two anchors' positive columns inside the vector (unsigned compares also
-  // reject negative offsets). The labels are >= 0 and first_label >= 0 here: no overflow.
-  const int64_t offset0 = static_cast<int64_t>(label0) - first_label - cls;
-  const int64_t column1 = static_cast<int64_t>(label1) - first_label;
-  const int in_first = crosses ? b : N;
+  // The two anchors' positive columns (dr_loss_math.h's rule; -1 for none) as offsets inside
+  // the vector: the range checks reject -1 and every column outside the vector.
+  const int64_t offset0 = positive_column(label0, classes, first_label) - cls;
+  const int64_t offset1 = positive_column(label1, classes, first_label) + b;
   kinds.positive = 0u;
-  if (label0 >= 0 && static_cast<uint64_t>(offset0) < static_cast<uint64_t>(in_first)) {
+  if (static_cast<uint64_t>(offset0) < static_cast<uint64_t>(crosses ? b : N)) {
     kinds.positive |= 1u << static_cast<int>(offset0);
   }
-  if (label1 >= 0 && static_cast<uint64_t>(column1) < static_cast<uint64_t>(N - in_first)) {
-    kinds.positive |= 1u << (b + static_cast<int>(column1));
-  }
+  if (crosses && offset1 >= b && offset1 < N) kinds.positive |= 1u << static_cast<int>(offset1);
   return kinds;
 }
 
@@ -233,7 +230,8 @@ __device__ __forceinline__ void walk_range(const scalar_t* __restrict__ gx, cons
       if (!in_edge[k]) continue;
       const int64_t e = edge[k];
       const int64_t anchor = e / classes;
-      const int kind = element_kind(load_label(gy + anchor), e - anchor * classes, first_label);
+      const int kind =
+          element_kind(load_label(gy + anchor), e - anchor * classes, classes, first_label);
       on_element(e, to_acc(gx[e]), kind);
     }
   }
