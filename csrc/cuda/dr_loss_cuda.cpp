@@ -72,21 +72,16 @@ int64_t blocks_per_group_override() {
   return blocks;
 }
 
-// The checks and the launch plan shared by both ops.
-struct CudaCall {
-  Problem problem;
-  cuda::LaunchPlan plan;
-};
-
-CudaCall plan_call(const at::Tensor& logits, const at::Tensor& labels, const Problem& problem,
-                   const LossOptions& options) {
+// The launch plan of a call (both ops cut the groups the same way).
+cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
+                           const Problem& problem, const LossOptions& options) {
   // The kernels keep a class index in 32 bits, and add up to 2048 to it before wrapping.
   TORCH_CHECK(problem.classes <= (int64_t(1) << 30),
               "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
               problem.classes);
-  return {problem, cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem,
-                                     options, multiprocessor_count(logits.device().index()),
-                                     blocks_per_group_override())};
+  return cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem, options,
+                           multiprocessor_count(logits.device().index()),
+                           blocks_per_group_override());
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
@@ -107,14 +102,13 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   poison_if_requested(stats);
   if (problem.groups == 0) return {losses, stats};
 
-  const CudaCall call = plan_call(logits, labels, problem, options);
-  at::Tensor workspace =
-      at::empty({call.plan.workspace_doubles}, logits.options().dtype(at::kDouble));
+  const cuda::LaunchPlan plan = plan_call(logits, labels, problem, options);
+  at::Tensor workspace = at::empty({plan.workspace_doubles}, logits.options().dtype(at::kDouble));
   // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
   C10_CUDA_CHECK(cuda::launch_forward(
       logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
-      labels.const_data_ptr(), problem, options, call.plan,
-      call.plan.workspace_doubles > 0 ? workspace.mutable_data_ptr<double>() : nullptr,
+      labels.const_data_ptr(), problem, options, plan,
+      plan.workspace_doubles > 0 ? workspace.mutable_data_ptr<double>() : nullptr,
       losses.mutable_data_ptr(), stats.mutable_data_ptr(),
       c10::cuda::getCurrentCUDAStream().stream()));
   return {losses, stats};
@@ -137,11 +131,11 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   poison_if_requested(grad_logits);
   if (grad_logits.numel() == 0) return grad_logits;
 
-  const CudaCall call = plan_call(logits, labels, problem, options);
+  const cuda::LaunchPlan plan = plan_call(logits, labels, problem, options);
   C10_CUDA_CHECK(cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(), problem,
-      options, call.plan, grad_logits.mutable_data_ptr(),
+      options, plan, grad_logits.mutable_data_ptr(),
       c10::cuda::getCurrentCUDAStream().stream()));
   return grad_logits;
 }
