@@ -197,8 +197,12 @@ def check_same_device(logits, labels):
 
 
 def check_logits_and_labels(logits, labels):
-    """The rank, dtype and shape checks of the forward op (csrc/ops.cpp check_forward_args), for
-    code that does not go through the op. Labels are expected to be kernel labels."""
+    """The rank, dtype, shape and device checks of the forward op (csrc/ops.cpp
+    check_forward_args), with its RuntimeErrors, for the reference and the fake kernels, which do
+    not run the C++ checks. Plain raises rather than torch._check: Dynamo breaks the graph at a
+    torch._check with a message closure, and these properties are static (the shape comparison
+    becomes a guard under dynamic shapes). Labels are expected to be kernel labels. Returns the
+    number of groups."""
     if logits.dim() not in (2, 3):
         raise RuntimeError(rank_message(logits))
     if logits.dtype not in LOGITS_TYPES:
@@ -208,6 +212,7 @@ def check_logits_and_labels(logits, labels):
     if labels.shape != logits.shape[:-1]:
         raise RuntimeError(labels_shape_message(logits, labels))
     check_same_device(logits, labels)
+    return logits.shape[0] if logits.dim() == 3 else 1
 
 
 def accumulate_dtype(dtype):

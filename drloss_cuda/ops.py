@@ -34,13 +34,9 @@ def build_info():
 def _check_forward_args(logits, labels, hyper):
     """csrc/ops.cpp's check_forward_args, with its messages, for the fake kernels: on the meta
     device and under torch.compile the C++ checks never run."""
-    torch._check(logits.dim() in (2, 3), lambda: _common.rank_message(logits))
-    torch._check(logits.dtype in _common.LOGITS_TYPES, lambda: _common.logits_dtype_message(logits))
-    torch._check(labels.dtype in _common.KERNEL_LABEL_TYPES, lambda: _common.kernel_labels_dtype_message(labels))
-    torch._check(labels.shape == logits.shape[:-1], lambda: _common.labels_shape_message(logits, labels))
-    torch._check(labels.device == logits.device, lambda: _common.device_message(logits, labels))
+    groups = _common.check_logits_and_labels(logits, labels)
     _common.check_hyperparameter_values(*hyper)
-    return logits.shape[0] if logits.dim() == 3 else 1
+    return groups
 
 
 @torch.library.register_fake("drloss_cuda::sigmoid_dr_loss_forward")
