@@ -22,3 +22,11 @@ def import_framework(name, *, needed_by=None):
     except Exception as error:  # noqa: BLE001 - every kind of failed import is reported alike
         user = f" (needed by {needed_by})" if needed_by else ""
         raise ImportError(f"cannot import {name}{user}: {type(error).__name__}: {error}") from error
+
+
+def fused_loss_module(**options):
+    """drloss_cuda.SigmoidDRLoss(**options): the compiled extension loads here, when a model
+    is built, not when an integration module is imported."""
+    from .. import SigmoidDRLoss
+
+    return SigmoidDRLoss(**options)

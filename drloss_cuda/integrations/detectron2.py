@@ -21,7 +21,7 @@ fails to load.
 import torch
 
 from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
-from . import import_framework
+from . import fused_loss_module, import_framework
 from .detectron2_loss import add_dr_loss_config, dense_classification_loss, options_from_config
 
 __all__ = ["DRLossRetinaNet", "add_dr_loss_config"]
@@ -30,12 +30,6 @@ configurable = import_framework("detectron2.config", needed_by=__name__).configu
 _modeling = import_framework("detectron2.modeling", needed_by=__name__)
 _box_regression = import_framework("detectron2.modeling.box_regression", needed_by=__name__)
 _events = import_framework("detectron2.utils.events", needed_by=__name__)
-
-
-def _fused_loss(**options):
-    from .. import SigmoidDRLoss  # the compiled extension loads here, not at import
-
-    return SigmoidDRLoss(**options)
 
 
 @_modeling.META_ARCH_REGISTRY.register()
@@ -48,7 +42,7 @@ class DRLossRetinaNet(_modeling.RetinaNet):
     @configurable
     def __init__(self, *, prior_prob=DR_LOSS_PRIOR, dr_loss=None, **kwargs):
         super().__init__(**kwargs)
-        self.dr_loss = _fused_loss() if dr_loss is None else dr_loss
+        self.dr_loss = fused_loss_module() if dr_loss is None else dr_loss
         if prior_prob is not None:
             classifier = getattr(self.head, "cls_score", None)
             if classifier is None:
@@ -60,7 +54,7 @@ class DRLossRetinaNet(_modeling.RetinaNet):
     def from_config(cls, cfg):
         config = super().from_config(cfg)
         prior, options = options_from_config(cfg)
-        config.update(prior_prob=prior, dr_loss=_fused_loss(**options))
+        config.update(prior_prob=prior, dr_loss=fused_loss_module(**options))
         return config
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):

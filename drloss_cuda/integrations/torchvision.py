@@ -17,16 +17,10 @@ fails to load.
 
 from .. import conventions
 from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
-from . import import_framework
+from . import fused_loss_module, import_framework
 
 _retinanet = import_framework("torchvision.models.detection.retinanet", needed_by=__name__)
 RetinaNetClassificationHead = _retinanet.RetinaNetClassificationHead
-
-
-def _default_loss():
-    from .. import SigmoidDRLoss  # the compiled extension loads here, not at import
-
-    return SigmoidDRLoss()
 
 
 class DRLossClassificationHead(RetinaNetClassificationHead):
@@ -44,7 +38,7 @@ class DRLossClassificationHead(RetinaNetClassificationHead):
                  *, loss=None):
         super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability,
                          norm_layer=norm_layer)
-        self.dr_loss = _default_loss() if loss is None else loss
+        self.dr_loss = fused_loss_module() if loss is None else loss
 
     def compute_loss(self, targets, head_outputs, matched_idxs):
         # matched_idxs: -1 background, -2 between the IoU thresholds (ignored), >= 0 a box whose
@@ -72,7 +66,7 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None):
                         f"RetinaNetClassificationHead), got {type(model).__name__}")
     if not isinstance(head, DRLossClassificationHead):
         head.__class__ = DRLossClassificationHead
-    head.dr_loss = _default_loss() if loss is None else loss
+    head.dr_loss = fused_loss_module() if loss is None else loss
     if prior is not None:
         init_classifier_prior(head.cls_logits, prior)
     return model
