@@ -49,7 +49,10 @@
 set -u
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
-export PY=${PYTHON:-python3}
+# An absolute path: cuda_home() puts other folders first on PATH, where another python3 (one
+# without torch) may be found.
+PY=$(command -v "${PYTHON:-python3}") || { echo "gpu_check: ${PYTHON:-python3} not found" >&2; exit 2; }
+export PY
 [ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
 CPU_MODE=${DEVICE_CHECK_CPU:-0}
 DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
@@ -71,8 +74,9 @@ cuda_home() {
   fi
   export CUDA_HOME
   [ -n "${CUDA_HOME:-}" ] && PATH="$CUDA_HOME/bin:$PATH"
-  # ninja comes with the Python environment.
-  PATH="$(dirname "$(readlink -f "$(command -v "$PY")")"):$(dirname "$(command -v "$PY")"):$PATH"
+  # ninja comes with the Python environment: its bin folder (a venv's, not the folder its
+  # python3 links to, which may hold a python3 without torch) after the toolkit's.
+  PATH="$PATH:$(dirname "$PY")"
   export PATH
 }
 

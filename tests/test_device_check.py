@@ -25,8 +25,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def device_check(out, python=sys.executable, deadline=None, timeout=300):
+def device_check(out, python=sys.executable, deadline=None, timeout=300, path=None):
     env = dict(os.environ, OUT=str(out), PYTHON=str(python))
+    if python is None:
+        del env["PYTHON"]
+    if path is not None:
+        env["PATH"] = path
     env.pop("DEVICE_CHECK_CPU", None)
     if deadline is not None:
         env["DEVICE_CHECK_DEADLINE"] = str(deadline)
@@ -147,3 +151,18 @@ def test_sanitizer_case_rejects_wrong_values(sanitizer_case, monkeypatch, capsys
     assert sanitizer_case.main(["--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "WRONG" in out and "DIFFER" in out
+
+
+def test_python3_found_on_path_is_the_one_used_throughout(tmp_path):
+    """With PYTHON unset the check runs the python3 first on PATH (a virtual environment's, as on
+    the GPU machine) in every step, also after it puts the CUDA toolkit's and the environment's
+    folders on PATH; the interpreter a venv's python3 links to lacks the venv's torch."""
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "python3").exists():
+        pytest.skip(f"{venv_bin} has no python3")
+    result, _ = device_check(tmp_path, python=None, path=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rows = summary(tmp_path)
+    assert rows["environment"][0] == "ok" and rows["benchmark"][0] == "ok", output
+    assert f"torch {torch.__version__}" in (tmp_path / "environment.log").read_text()
