@@ -14,20 +14,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
-#include <sstream>
 
 #include "dr_loss.h"
 #include "dr_loss_math.h"
+#include "messages.h"
 
 namespace drloss {
 
 namespace {
-
-std::string shape_string(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << sizes;
-  return out.str();
-}
 
 // Python's name of a dtype ("torch.float32"), so that these messages read like the Python
 // checks of drloss_cuda/_common.py, which say the same words.
@@ -51,15 +45,15 @@ void check_hyperparameters(const LossOptions& o) {
                                {"L", o.L, 0.0},
                                {"tau", o.tau, 0.0}};
   for (const auto& [name, value, minimum] : positive) {
-    TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, "sigmoid_dr_loss: ", name,
+    DRLOSS_CHECK_VALUE(std::isfinite(value) && value > 0, "sigmoid_dr_loss: ", name,
                       " must be a positive finite number, got ", value);
-    TORCH_CHECK_VALUE(value >= minimum, "sigmoid_dr_loss: ", name, " must be >= ", minimum,
+    DRLOSS_CHECK_VALUE(value >= minimum, "sigmoid_dr_loss: ", name, " must be >= ", minimum,
                       " (an exponent scale 1/", name, " above ", 1.0 / minimum,
                       " makes the softmax a max to float32 precision), got ", value);
   }
-  TORCH_CHECK_VALUE(o.first_label >= 0, "sigmoid_dr_loss: first_label must be >= 0 (negative ",
+  DRLOSS_CHECK_VALUE(o.first_label >= 0, "sigmoid_dr_loss: first_label must be >= 0 (negative ",
                     "labels mean 'ignore'), got ", o.first_label);
-  TORCH_CHECK_VALUE(std::isfinite(o.margin),
+  DRLOSS_CHECK_VALUE(std::isfinite(o.margin),
                     "sigmoid_dr_loss: margin must be a finite number, got ", o.margin);
 }
 
@@ -78,23 +72,23 @@ at::ScalarType accumulate_type(at::ScalarType logits_type) {
 
 Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
                            const LossOptions& options) {
-  TORCH_CHECK(logits.dim() == 3 || logits.dim() == 2,
+  DRLOSS_CHECK(logits.dim() == 3 || logits.dim() == 2,
               "sigmoid_dr_loss: logits must have shape [N, A, C] (one group per image) or "
               "[M, C] (one pooled group), got ",
-              shape_string(logits.sizes()));
+              message::piece(logits.sizes()));
   const auto type = logits.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
+  DRLOSS_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
                   type == at::kBFloat16,
               "sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got ",
               dtype_name(type));
-  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+  DRLOSS_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
               "sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got ",
               dtype_name(labels.scalar_type()));
   const auto leading = logits.sizes().slice(0, logits.dim() - 1);
-  TORCH_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
-              shape_string(leading), " (logits' shape without the class dimension), got ",
-              shape_string(labels.sizes()));
-  TORCH_CHECK(labels.device() == logits.device(),
+  DRLOSS_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
+              message::piece(leading), " (logits' shape without the class dimension), got ",
+              message::piece(labels.sizes()));
+  DRLOSS_CHECK(labels.device() == logits.device(),
               "sigmoid_dr_loss: labels must be on the same device as logits (", logits.device(),
               "), got ", labels.device());
   check_hyperparameters(options);
@@ -107,18 +101,18 @@ Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& log
                             const LossOptions& options) {
   const Problem problem = check_forward_args(logits, labels, options);
   const auto acc = accumulate_type(logits.scalar_type());
-  TORCH_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == problem.groups &&
+  DRLOSS_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == problem.groups &&
                   grad_losses.scalar_type() == acc && grad_losses.device() == logits.device(),
               "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ",
               dtype_name(acc), " tensor on ", logits.device(), ", got ",
-              shape_string(grad_losses.sizes()), " ", dtype_name(grad_losses.scalar_type()),
+              message::piece(grad_losses.sizes()), " ", dtype_name(grad_losses.scalar_type()),
               " on ", grad_losses.device());
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == problem.groups &&
+  DRLOSS_CHECK(stats.dim() == 2 && stats.size(0) == problem.groups &&
                   stats.size(1) == kNumStats && stats.scalar_type() == acc &&
                   stats.device() == logits.device(),
               "sigmoid_dr_loss_backward: stats must be the forward's [", problem.groups, ", ",
-              kNumStats, "] ", dtype_name(acc), " tensor on ", logits.device(), ", got ",
-              shape_string(stats.sizes()), " ", dtype_name(stats.scalar_type()), " on ",
+              int(kNumStats), "] ", dtype_name(acc), " tensor on ", logits.device(), ", got ",
+              message::piece(stats.sizes()), " ", dtype_name(stats.scalar_type()), " on ",
               stats.device());
   return problem;
 }

@@ -20,6 +20,7 @@
 
 #include "../dr_loss.h"
 #include "../dr_loss_math.h"
+#include "../messages.h"
 #include "dr_loss_kernels.h"
 
 namespace drloss {
@@ -36,7 +37,7 @@ cuda::LogitsType logits_type_of(const at::Tensor& logits) {
     case at::kBFloat16:
       return cuda::LogitsType::kBFloat16;
     default:
-      TORCH_CHECK(false, "sigmoid_dr_loss: unsupported logits dtype ", logits.scalar_type());
+      DRLOSS_CHECK(false, "sigmoid_dr_loss: unsupported logits dtype ", c10::toString(logits.scalar_type()));
   }
 }
 
@@ -57,7 +58,7 @@ int multiprocessor_count(c10::DeviceIndex device) {
 }
 
 void check_on_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
+  DRLOSS_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
 }
 
 // DRLOSS_CUDA_BLOCKS_PER_GROUP=k (a debugging switch, read at every call) replaces the blocks
@@ -67,7 +68,7 @@ int64_t blocks_per_group_override() {
   if (value == nullptr || value[0] == '\0') return 0;
   char* end = nullptr;
   const long long blocks = std::strtoll(value, &end, 10);
-  TORCH_CHECK(end != value && *end == '\0' && blocks > 0,
+  DRLOSS_CHECK(end != value && *end == '\0' && blocks > 0,
               "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '", value, "'");
   return blocks;
 }
@@ -76,7 +77,7 @@ int64_t blocks_per_group_override() {
 cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
                            const Problem& problem, const LossOptions& options) {
   // The kernels keep a class index in 32 bits, and add up to 2048 to it before wrapping.
-  TORCH_CHECK(problem.classes <= (int64_t(1) << 30),
+  DRLOSS_CHECK(problem.classes <= (int64_t(1) << 30),
               "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
               problem.classes);
   return cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem, options,
