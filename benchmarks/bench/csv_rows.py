@@ -36,6 +36,7 @@ CSV_COLUMNS = [
     "loss",
     "loss_rel_err",
     "grad_rel_err",
+    "timing",
 ]
 
 

@@ -8,7 +8,7 @@ import torch
 
 from .inputs import DTYPES
 from .providers import PROVIDERS
-from .timing import MODES
+from .timing import CUDA_TIMINGS, MODES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -69,6 +69,7 @@ def build_parser():
     p.add_argument("--warmup", type=int, help=f"untimed calls before timing (default {FULL['warmup']}; --quick {QUICK['warmup']})")
     p.add_argument("--max-seconds", type=float, help=f"stop timing a provider in a mode after this many seconds once --min-repeats calls are timed (default {FULL['max_seconds']:g}; --quick {QUICK['max_seconds']:g})")
     p.add_argument("--min-repeats", type=int, help=f"timed calls a provider gets in each mode before --max-seconds can stop it (default {FULL['min_repeats']}; --quick {QUICK['min_repeats']})")
+    p.add_argument("--cuda-timing", choices=CUDA_TIMINGS, default="queued", help="queued (default): each call's device time with the GPU's queue kept full, as in training; idle: each call's latency on an idle GPU, the host's launch overhead included")
     p.add_argument("--input-sets", type=int, help="input sets the timed calls rotate through (default 4 on CUDA, 2 on CPU)")
     p.add_argument("--budget", type=float, help="seconds: no provider's check starts later than this after the run's start; the providers left are reported as skipped (default: no limit)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads before measuring (default: torch's default)")

@@ -15,7 +15,7 @@ from .csv_rows import append_csv
 from .inputs import DTYPES, IGNORED_FRACTION, POSITIVE_FRACTION, make_inputs
 from .providers import PROVIDERS
 from .table import headline, markdown_table, noise_warnings
-from .timing import percentile, time_interleaved
+from .timing import percentile, time_interleaved, timing_label
 
 
 def run(args):
@@ -67,12 +67,20 @@ class Outcome:
         print(f"{where}: skipped ({reason})")
 
 
+TIMING_WORDS = {
+    "host": "host wall clock around each call",
+    "cuda_queued": "CUDA events around each call, the GPU's queue kept full (device time per call, as in training)",
+    "cuda_idle": "CUDA events around each call on an idle GPU (latency, host launch overhead included)",
+}
+
+
 def print_header(args, common, seed):
     print(f"# drloss_cuda benchmark, run {common['run_id']}")
     print(f"device: {args.device} = {common['device_name']}; torch {torch.__version__}; threads {common['threads']}; commit {common['git_commit']}; python {platform.python_version()}; load average {common['load_avg_1m']}")
     print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}")
     budget = f"; budget {args.budget:g} s" if args.budget is not None else ""
     print(f"points (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; warmup {args.warmup}, repeats {args.repeats} (at least {args.min_repeats}, at most {args.max_seconds:g} s a provider and mode), {args.input_sets} input sets, seed {seed}{budget}")
+    print(f"timing: {TIMING_WORDS[common['timing']]}")
     print(f"labels: {POSITIVE_FRACTION:.0%} positive, {IGNORED_FRACTION:.0%} ignored, the rest background; logits ~ N(0, 1)")
 
 
@@ -120,7 +128,7 @@ def time_point(args, point, input_sets, passed, built, common, copy_bw):
     fns = {name: built[name] for name in passed}
     if not fns:
         return []
-    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats)
+    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats, args.cuda_timing)
     rows = []
     for mode in args.modes:
         for name, (loss, loss_err, grad_err) in passed.items():
@@ -149,6 +157,7 @@ def run_identity(args):
         "threads": torch.get_num_threads(),
         "load_avg_1m": machine.load_average(),
         "quick": int(bool(args.quick)),
+        "timing": timing_label(args.device, args.cuda_timing),
     }
 
 

@@ -33,34 +33,76 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def time_one_call(fn, logits, labels, mode, device):
-    """One call's time in ms. CPU: time.perf_counter around the call. CUDA: a pair of CUDA
-    events around the call, the device synchronized before it, so the figure is the call's
-    latency on an idle device (launches and any host syncs of the provider included)."""
-    if device == "cuda":
+# How a CUDA call is timed (--cuda-timing):
+#   queued: the device time of the call while the GPU's queue is kept full, as in a training
+#           loop: each round starts with a short GPU busy-wait so that the host launches ahead, and
+#           CUDA events around each call are read once the round is done. Host overhead shows
+#           only where it exceeds the call's device time (or the call waits on the host).
+#   idle:   the call's latency on an idle device: synchronized before, events around it, so
+#           the host's launch overhead is included.
+CUDA_TIMINGS = ("queued", "idle")
+# About 2 ms of GPU busy-waiting at ~2 GHz (torch.cuda._sleep counts clock cycles): longer than
+# the host takes to launch a round's first call.
+QUEUE_HEAD_START_CYCLES = 4_000_000
+
+
+def timing_label(device, cuda_timing):
+    """The CSV's `timing` column: how the rows' times were taken."""
+    return f"cuda_{cuda_timing}" if device == "cuda" else "host"
+
+
+class Round:
+    """One round's timed calls: host wall clock on the CPU; CUDA events on the GPU, read at the
+    end of the round (queued) or after each call (idle)."""
+
+    def __init__(self, device, cuda_timing):
+        self.device, self.queued = device, device == "cuda" and cuda_timing == "queued"
+        self.pending = []
+        if self.queued:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(QUEUE_HEAD_START_CYCLES)
+
+    def time(self, key, fn, logits, labels, mode):
+        """Runs one call; returns its time in ms now, or None when it is read by finish()."""
+        if self.device != "cuda":
+            t0 = time.perf_counter()
+            out = run_once(fn, logits, labels, mode)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            del out
+            return elapsed
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
+        if not self.queued:
+            torch.cuda.synchronize()
         start.record()
         out = run_once(fn, logits, labels, mode)
         end.record()
+        del out
+        if self.queued:
+            self.pending.append((key, start, end))
+            return None
         torch.cuda.synchronize()
-        elapsed = start.elapsed_time(end)
-    else:
-        t0 = time.perf_counter()
-        out = run_once(fn, logits, labels, mode)
-        elapsed = (time.perf_counter() - t0) * 1e3
-    del out
-    return elapsed
+        return start.elapsed_time(end)
+
+    def finish(self):
+        """[(key, ms)] of the calls whose times were left for the end of the round."""
+        if not self.pending:
+            return []
+        torch.cuda.synchronize()
+        done = [(key, start.elapsed_time(end)) for key, start, end in self.pending]
+        self.pending = []
+        return done
 
 
-def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats):
+def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued"):
     """Per-call times in ms, {(name, mode): [ms, ...]}, of every provider in `fns` ({name: fn})
     in every mode. After `warmup` untimed calls of each, the timed calls go round all the
     (provider, mode) pairs in turn (round i on input set i mod K), so that a slow spell of the
     machine hits all of them alike instead of the one measured then: on a loaded machine a
     provider's forward can otherwise come out slower than its forward+backward. A pair stops
     after `repeats` calls, or earlier, once it has `min_repeats` and its calls add up to more
-    than `max_seconds`."""
+    than `max_seconds`. On CUDA, `cuda_timing` (CUDA_TIMINGS) says how a call is timed."""
+    if cuda_timing not in CUDA_TIMINGS:
+        raise ValueError(f"cuda_timing must be one of {CUDA_TIMINGS}, got {cuda_timing!r}")
     pairs = [(name, mode) for mode in modes for name in fns]
     for name, mode in pairs:
         for i in range(warmup):
@@ -73,8 +115,14 @@ def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_second
     i = 0
     while active:
         logits, labels = input_sets[i % len(input_sets)]
+        timed = Round(device, cuda_timing)
+        results = []
         for pair in active:
-            elapsed = time_one_call(fns[pair[0]], logits, labels, pair[1], device)
+            elapsed = timed.time(pair, fns[pair[0]], logits, labels, pair[1])
+            if elapsed is not None:
+                results.append((pair, elapsed))
+        results += timed.finish()
+        for pair, elapsed in results:
             times[pair].append(elapsed)
             spent[pair] += elapsed / 1e3
         i += 1
