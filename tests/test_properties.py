@@ -18,7 +18,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import drloss_cuda
@@ -169,7 +169,21 @@ def fused_loss_and_grad(logits, labels, upstream, hyper, reduction):
     return loss.detach(), x.grad
 
 
+# A gradient element on the subnormal grid (1.19e-44, rounded to 1.12e-44), found on an H100.
+SUBNORMAL_ELEMENT = dict(
+    shape=(5, 9),
+    hyper=dict(pos_lambda=1.0, neg_lambda=1.0, L=11.0, tau=1.0, margin=-1.0, first_label=0),
+    mix="no_positives",
+    dtype=torch.float32,
+    scale=40.0,
+    layout="contiguous",
+    reduction="none",
+    seed=0,
+)
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@example(problem=SUBNORMAL_ELEMENT)
 @given(problem=problems())
 def test_matches_independent_float64(device, problem):
     gen = torch.Generator().manual_seed(problem["seed"])

@@ -21,13 +21,18 @@ where a relative bound would be meaningless); p (1 - p) carries an absolute erro
 
     scale = |D| w [ p (1 - p) |f| (1 + |s| (1 + p))  +  p (1 - p) |s| (p + E)  +  |f| p ]
     error <= ELEMENT_FACTOR * eps * (scale + kernel |grad|)  +  |D| (1 + |s| (p + E)) tiny
+             +  2 subnormal
 
 The `kernel` term is the slope's error: sigmoid(L d) moves by L times the error of
 d = E_neg - E_pos + margin, each E being off by about (1 + |s| spread) eps (`spread` the
 softmax-weighted mean of |p - E|), which every element of the group inherits. The last term
 covers weights that underflow to 0 in the accumulation type (exp of an exponent below the
 smallest normal number, `tiny`, about 1e-38 in float32: a gradient entry of that size is below
-anything a float32 training step can use). The float64 evaluation that gives the expected
+anything a float32 training step can use). An element that is itself below `tiny` lands on the
+grid of subnormal numbers, spaced `subnormal` apart (2^-149 in float32) whatever its size, so
+its last roundings carry an absolute error of up to half that each: the bound allows two (seen on
+an H100 and on the CPU: an element of 1.19e-44 rounded to 1.12e-44, 8 steps of 1.4e-45, in a
+problem with no positives, logits 40 times a normal draw). The float64 evaluation that gives the expected
 values has its own error: its sums (group_size eps64) and, where it normalizes exponents as
 large as |s|, |s| eps64. Last, the kernels compute e^-x as 2^(-x log2 e): the rounded argument
 gives p, and with it the element, a relative error of |x| log2(e) eps.
@@ -108,6 +113,7 @@ def gradient_tolerance(dtype, scale, value, floor, kernel, float64, abs_x):
         + 2 * u64 * float64 * scale
         + 2 * u * LOG2E * abs_x * value
         + tiny
+        + 2 * torch.finfo(acc).tiny * torch.finfo(acc).eps  # two steps of the subnormal grid
     )
 
 
