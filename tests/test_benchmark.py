@@ -126,6 +126,27 @@ def test_rows_append_and_plots(tmp_path):
     assert (tmp_path / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_floor_chart_for_a_point_in_two_dtypes(tmp_path):
+    """A point measured in two dtypes gets a bar chart of the fraction of the copy floor; every
+    row says how it was timed (host wall clock on the CPU)."""
+    pytest.importorskip("matplotlib")
+    argv = ["--quick", "--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x600x5", "--dtypes", "float32,float64", "--out-dir", str(tmp_path), "--repeats", "2", "--plot"]
+    assert benchmark.main(argv) == 0
+    rows = read_rows(tmp_path / "benchmark.csv")
+    assert {r["timing"] for r in rows} == {"host"} and len(rows) == 2 * 2 * 2
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["benchmark_cpu_floor_N1_A600_C5.png"]
+
+
+def test_cuda_timing_option():
+    assert resolve(["--device", "cpu"]).cuda_timing == "queued"
+    assert resolve(["--device", "cpu", "--cuda-timing", "idle"]).cuda_timing == "idle"
+    with pytest.raises(SystemExit):
+        resolve(["--device", "cpu", "--cuda-timing", "fast"])
+    assert timing.timing_label("cuda", "queued") == "cuda_queued" and timing.timing_label("cpu", "idle") == "host"
+    with pytest.raises(ValueError, match="cuda_timing"):
+        timing.time_interleaved({}, timing.MODES, [], "cpu", 0, 1, 1.0, 1, cuda_timing="fast")
+
+
 def _inputs(N=2, A=700, C=6):
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     return make_inputs(N, A, C, torch.float32, "cpu", generator)

@@ -1,8 +1,10 @@
 """PNG plots of a run: time and peak extra memory against A, one line per provider.
 
 One figure per (device, mode, N, C, dtype) that has at least two values of A, named
-benchmark_<device>_<mode>_N<N>_C<C>_<dtype>.png. Rows are dicts with the CSV's columns (numbers
-or the CSV's strings).
+benchmark_<device>_<mode>_N<N>_C<C>_<dtype>.png; and one bar chart of the fraction of the copy
+floor per (device, N, A, C) measured in two or more dtypes, named
+benchmark_<device>_floor_N<N>_A<A>_C<C>.png. Rows are dicts with the CSV's columns (numbers or
+the CSV's strings).
 """
 
 from pathlib import Path
@@ -46,6 +48,44 @@ def plot_rows(rows, out_dir):
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         path = out_dir / f"benchmark_{device}_{mode}_N{n}_C{c}_{dtype}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written + plot_floor_bars(rows, out_dir, plt)
+
+
+def plot_floor_bars(rows, out_dir, plt):
+    """Bars of floor_fraction (log scale), one group per (mode, dtype), one bar per provider."""
+    points = {}
+    for r in rows:
+        points.setdefault((r["device"], int(r["N"]), int(r["A"]), int(r["C"])), []).append(r)
+    written = []
+    for (device, n, a, c), group in sorted(points.items()):
+        if len({r["dtype"] for r in group}) < 2:
+            continue
+        cells = list(dict.fromkeys((r["mode"], r["dtype"]) for r in group))
+        providers = list(dict.fromkeys(r["provider"] for r in group))
+        width = 0.8 / len(providers)
+        fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(cells)), 5))
+        for k, provider in enumerate(providers):
+            xs, ys = [], []
+            for i, cell in enumerate(cells):
+                hit = [r for r in group if (r["mode"], r["dtype"]) == cell and r["provider"] == provider]
+                if hit:
+                    xs.append(i + (k - (len(providers) - 1) / 2) * width)
+                    ys.append(100 * float(hit[0]["floor_fraction"]))
+            bars = ax.bar(xs, ys, width, label=provider)
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.axhline(100, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(cells)), [f"{mode}\n{dtype}" for mode, dtype in cells])
+        ax.set(yscale="log", ylabel="% of the copy floor (log scale)")
+        first = group[0]
+        timing = f", timing {first['timing']}" if first.get("timing") else ""
+        ax.set_title(f"N={n}, A={a}, C={c} — {first['device_name']}, torch {first['torch_version']}, {first['git_commit']}{timing}", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        fig.tight_layout()
+        path = Path(out_dir) / f"benchmark_{device}_floor_N{n}_A{a}_C{c}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
