@@ -16,36 +16,36 @@
 # (step, status, seconds, last line) is printed last; the exit status is 1 when a step failed or
 # timed out ('skipped' and 'missing' are reported, not failures).
 #
-# Steps, their limits, and the time each should take on an H100 (estimated from sizes; not yet
-# measured there):
-#   environment          30 s   ~5 s: GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
-#   build               240 s   ~60-90 s: `pip install --no-index --no-build-isolation --no-deps -e .` with
+# Steps, their limits, and the time each took on an H100 (16 cores; two runs of 2026-11-26,
+# benchmarks/results/gpu_h100_20261126/):
+#   environment          30 s   9-16 s: GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
+#   build               240 s   40-57 s: `pip install --no-index --no-build-isolation --no-deps -e .` with
 #                               ninja, MAX_JOBS=nproc and one architecture (TORCH_CUDA_ARCH_LIST from
 #                               the GPU's capability, 9.0): four translation units in parallel (the
 #                               .cu file holds 58 kernel instantiations); the same build for sm_90
 #                               took 76 s in CI on a 2-core machine
-#   cuda_tests          180 s   ~60-90 s: `pytest -m cuda` (tests/test_cuda.py and the cuda-parametrized
+#   cuda_tests          180 s   54-57 s: `pytest -m cuda` (tests/test_cuda.py and the cuda-parametrized
 #                               cases), 4 workers when pytest-xdist is there; the largest case is 2^31
 #                               float16 logits (4 GiB, plus 4 GiB of gradient), the slowest the
 #                               torch.compile cases (inductor compiles, ~10-30 s each)
-#   retinanet           120 s   ~20-30 s: one torchvision RetinaNet training step on CUDA with the fused
+#   retinanet           120 s   11-14 s: one torchvision RetinaNet training step on CUDA with the fused
 #                               loss against the reference (tests/test_integrations.py; 'missing' if absent)
-#   memcheck            120 s   ~30-60 s: benchmarks/sanitizer_case.py (32 small cases, every value
-#   racecheck           120 s   ~30-60 s:  checked against float64) under compute-sanitizer, only this
+#   memcheck            120 s   11-14 s: benchmarks/sanitizer_case.py (32 small cases, every value
+#   racecheck           120 s   12-17 s:  checked against float64) under compute-sanitizer, only this
 #                               project's kernels instrumented (--kernel-name kns=drloss); most of the
 #                               time is torch's CUDA start-up under the tool
-#   benchmark           150 s   ~40-60 s: N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
+#   benchmark           150 s   18-19 s: N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
 #                               fused_pooled, official_pooled, dense_masked, the copy bandwidth measured
 #                               in the same run. Logits are 129M elements: 516 MB in float32 (258 MB in
 #                               bfloat16); at the ~3 TB/s an H100 copies, the fused forward (one read)
-#                               takes ~0.2 ms and forward+backward (two reads, one write) ~0.55 ms; the
-#                               official code's masks, gathers and softmaxes move ~10x the bytes
-#                               (~5-30 ms a call), so 20 timed calls of each take seconds; the float64
+#                               took 0.22 ms and forward+backward (two reads, one write) 0.60 ms; the
+#                               official code's masks, gathers and softmaxes took 52 and 164 ms a call,
+#                               so 20 timed calls of each take seconds; the float64
 #                               check of each point (1 GB of float64 logits, the reference on the GPU)
 #                               and drawing 4 input sets (~2 GB) take a few more
-#   benchmark_compiled  rest    ~60-120 s: fused and dense_masked_compiled at the same points, as far
-#                               as --budget allows (inductor compiles one graph per dtype, ~30-60 s each)
-# Expected total ~5.5-7 minutes; the deadline bounds it at 510 s plus the last step's 5 s grace.
+#   benchmark_compiled  rest    22-26 s: fused and dense_masked_compiled at the same points, as far
+#                               as --budget allows (inductor compiles one graph per dtype)
+# Total 178-194 s with every step run; the deadline bounds it at 510 s plus the last step's 5 s grace.
 set -u
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
