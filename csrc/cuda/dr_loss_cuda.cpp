@@ -8,13 +8,10 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAMacros.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
-#include <array>
-#include <atomic>
 #include <cstdlib>
 #include <tuple>
 
@@ -45,18 +42,6 @@ cuda::LabelsType labels_type_of(const at::Tensor& labels) {
   return labels.scalar_type() == at::kInt ? cuda::LabelsType::kInt32 : cuda::LabelsType::kInt64;
 }
 
-// The forward's grid is sized by the device's SM count: asked of the runtime once per device
-// (an attribute query, no host synchronization) and kept.
-int multiprocessor_count(c10::DeviceIndex device) {
-  static std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> cached{};
-  int count = cached.at(device).load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    cached.at(device).store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
-
 void check_on_cuda(const at::Tensor& t, const char* name) {
   DRLOSS_CHECK(t.is_cuda(), "sigmoid_dr_loss: ", name, " must be a CUDA tensor, got ", t.device());
 }
@@ -81,7 +66,6 @@ cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
               "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
               problem.classes);
   return cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem, options,
-                           multiprocessor_count(logits.device().index()),
                            blocks_per_group_override());
 }
 

@@ -583,33 +583,41 @@ auto forward_kernel_for(const Problem& s, bool fixed) {
                                                : forward_kernel<scalar_t, label_t, 1>(fixed);
 }
 
-// The grid: one wave of the forward kernel over the device. The occupancy calculator is asked
-// once per device and kernel and its answer kept (no call during a CUDA graph capture after the
-// first eager call, and no query cost per call).
+// The grid: one wave of the forward kernel over the current device, its multiprocessor count
+// times the blocks per multiprocessor the occupancy calculator gives. Both are asked once per
+// device and kernel and the product kept (no query during a CUDA graph capture after the first
+// eager call, and no query cost per call; neither query synchronizes with the host).
 template <typename scalar_t, typename label_t>
-int64_t forward_wave(const Problem& s, int multiprocessor_count, bool fixed) {
+int64_t forward_wave(const Problem& s, bool fixed) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices][2][2];  // [device][vector walk][fixed shifts]
+  static std::atomic<int64_t> cached[kMaxDevices][2][2];  // [device][vector walk][fixed shifts]
   const int wide = walk_width<scalar_t>(s.classes) == vec_width<scalar_t>() ? 1 : 0;
   int device = -1;
   if (cudaGetDevice(&device) != cudaSuccess) {
     (void)cudaGetLastError();  // the query's own error
     device = -1;
   }
-  std::atomic<int>* slot =
+  std::atomic<int64_t>* slot =
       device >= 0 && device < kMaxDevices ? &cached[device][wide][fixed ? 1 : 0] : nullptr;
-  int blocks_per_sm = slot != nullptr ? slot->load(std::memory_order_relaxed) : 0;
-  if (blocks_per_sm < 1) {
-    const cudaError_t error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0);
-    if (error != cudaSuccess || blocks_per_sm < 1) {
-      (void)cudaGetLastError();  // the query's own error: fall back to the launch bound
-      blocks_per_sm = kMinBlocksPerSM;
-    } else if (slot != nullptr) {
-      slot->store(blocks_per_sm, std::memory_order_relaxed);
-    }
+  int64_t wave = slot != nullptr ? slot->load(std::memory_order_relaxed) : 0;
+  if (wave > 0) return wave;
+  int multiprocessors = 0;
+  int blocks_per_sm = 0;
+  if (device < 0 ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0) !=
+          cudaSuccess ||
+      multiprocessors < 1 || blocks_per_sm < 1) {
+    // The queries' own error: a grid of one block per launch bound (the launch that follows
+    // reports a device that does not work), not kept.
+    (void)cudaGetLastError();
+    return multiprocessors > 0 ? int64_t(multiprocessors) * kMinBlocksPerSM : kMinBlocksPerSM;
   }
-  return int64_t(multiprocessor_count > 0 ? multiprocessor_count : 1) * blocks_per_sm;
+  wave = int64_t(multiprocessors) * blocks_per_sm;
+  if (slot != nullptr) slot->store(wave, std::memory_order_relaxed);
+  return wave;
 }
 
 bool fixed_shifts(const LossOptions& hp) {
@@ -620,14 +628,12 @@ bool fixed_shifts(const LossOptions& hp) {
 }  // namespace
 
 LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Problem& s,
-                         const LossOptions& hp, int multiprocessor_count,
-                         int64_t blocks_per_group_override) {
+                         const LossOptions& hp, int64_t blocks_per_group_override) {
   LaunchPlan plan{0, 0, 0, 0};
   if (s.groups <= 0 || s.anchors <= 0 || s.classes <= 0) return plan;
   int64_t wave = 0;
   dispatch(logits_type, labels_type, [&](auto scalar_tag, auto label_tag) {
-    wave = forward_wave<decltype(scalar_tag), decltype(label_tag)>(s, multiprocessor_count,
-                                                                    fixed_shifts(hp));
+    wave = forward_wave<decltype(scalar_tag), decltype(label_tag)>(s, fixed_shifts(hp));
     return cudaSuccess;
   });
   const int64_t elements = s.anchors * s.classes;

@@ -28,11 +28,10 @@ struct LaunchPlan {
   int64_t workspace_doubles;  // the forward's workspace: one pair of partial triples per block
 };
 
-// blocks_per_group_override > 0 replaces the computed blocks per group (a debugging switch
-// that the tests use to exercise other splits).
+// For the current device. blocks_per_group_override > 0 replaces the computed blocks per group
+// (a debugging switch that the tests use to exercise other splits).
 LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Problem& shape,
-                         const LossOptions& hyper, int multiprocessor_count,
-                         int64_t blocks_per_group_override);
+                       const LossOptions& hyper, int64_t blocks_per_group_override);
 
 // Forward. losses [groups] and stats [groups, 6] are in the accumulation type (double for
 // float64 logits, float otherwise); workspace holds plan.workspace_doubles doubles. Every
