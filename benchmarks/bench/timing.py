@@ -52,24 +52,24 @@ def timing_label(device, cuda_timing):
 
 
 class Round:
-    """One round's timed calls: host wall clock on the CPU; CUDA events on the GPU, read at the
-    end of the round (queued) or after each call (idle)."""
+    """One round's timed calls: host wall clock on the CPU; CUDA events on the GPU, read once
+    the round is done (idle: the device synchronized before each call)."""
 
     def __init__(self, device, cuda_timing):
         self.device, self.queued = device, device == "cuda" and cuda_timing == "queued"
-        self.pending = []
+        self.host_ms, self.events = [], []
         if self.queued:
             torch.cuda.synchronize()
             torch.cuda._sleep(QUEUE_HEAD_START_CYCLES)
 
     def time(self, key, fn, logits, labels, mode):
-        """Runs one call; returns its time in ms now, or None when it is read by finish()."""
+        """Runs and times one call of fn, under `key`."""
         if self.device != "cuda":
             t0 = time.perf_counter()
             out = run_once(fn, logits, labels, mode)
-            elapsed = (time.perf_counter() - t0) * 1e3
+            self.host_ms.append((key, (time.perf_counter() - t0) * 1e3))
             del out
-            return elapsed
+            return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         if not self.queued:
             torch.cuda.synchronize()
@@ -77,20 +77,13 @@ class Round:
         out = run_once(fn, logits, labels, mode)
         end.record()
         del out
-        if self.queued:
-            self.pending.append((key, start, end))
-            return None
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
+        self.events.append((key, start, end))
 
     def finish(self):
-        """[(key, ms)] of the calls whose times were left for the end of the round."""
-        if not self.pending:
-            return []
-        torch.cuda.synchronize()
-        done = [(key, start.elapsed_time(end)) for key, start, end in self.pending]
-        self.pending = []
-        return done
+        """[(key, ms)] of the round's calls, in call order."""
+        if self.events:
+            torch.cuda.synchronize()
+        return self.host_ms + [(key, start.elapsed_time(end)) for key, start, end in self.events]
 
 
 def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued"):
@@ -116,13 +109,9 @@ def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_second
     while active:
         logits, labels = input_sets[i % len(input_sets)]
         timed = Round(device, cuda_timing)
-        results = []
         for pair in active:
-            elapsed = timed.time(pair, fns[pair[0]], logits, labels, pair[1])
-            if elapsed is not None:
-                results.append((pair, elapsed))
-        results += timed.finish()
-        for pair, elapsed in results:
+            timed.time(pair, fns[pair[0]], logits, labels, pair[1])
+        for pair, elapsed in timed.finish():
             times[pair].append(elapsed)
             spent[pair] += elapsed / 1e3
         i += 1
