@@ -57,6 +57,8 @@ constexpr int64_t kRangeAlign = 16;            // elements; a multiple of every 
 constexpr int64_t kMaxGrid = 0x7fffffff;
 constexpr int64_t kMaxFinalizeGrid = 65535;    // the kernel loops over the rest
 constexpr unsigned kFullMask = 0xffffffffu;
+// A block's partials in the workspace: the negatives' (m, z, w), then the positives'.
+constexpr int64_t kPartialDoubles = 6;
 
 static_assert(kThreads % 32 == 0 && kWarps <= 32, "block must be whole warps, at most 32");
 
@@ -425,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const SoftmaxTriple<double> neg = block_merge(sums.neg.triple(), shared);
     const SoftmaxTriple<double> pos = block_merge(sums.pos.triple(), shared);
     if (threadIdx.x == 0) {
-      double* out = partials + item * 6;
+      double* out = partials + item * kPartialDoubles;
       out[0] = neg.m;
       out[1] = neg.z;
       out[2] = neg.w;
@@ -450,7 +452,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
     SoftmaxTriple<double> neg = SoftmaxTriple<double>::empty();
     SoftmaxTriple<double> pos = SoftmaxTriple<double>::empty();
     for (int64_t b = lane; b < blocks_per_group; b += 32) {
-      const double* part = partials + (g * blocks_per_group + b) * 6;
+      const double* part = partials + (g * blocks_per_group + b) * kPartialDoubles;
       neg.merge(SoftmaxTriple<double>{part[0], part[1], part[2]});
       pos.merge(SoftmaxTriple<double>{part[3], part[4], part[5]});
     }
@@ -647,7 +649,7 @@ LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Pro
   const int64_t items = s.groups * blocks;
   plan.grid = items < wave ? items : wave;
   if (plan.grid > kMaxGrid) plan.grid = kMaxGrid;
-  plan.workspace_doubles = items * 6;
+  plan.workspace_doubles = items * kPartialDoubles;
   return plan;
 }
 
