@@ -91,27 +91,24 @@ DRLOSS_HD int element_kind(label_t label, int64_t cls, int64_t classes, int64_t 
 // exp2_approx(float): on the GPU the hardware ex2.approx.ftz (one MUFU instruction, ~2 ulp);
 // on the CPU a branch-free polynomial (round to nearest, then the degree-7 Taylor series of
 // 2^f = e^(f ln 2) on |f| <= 1/2, truncation error 5e-9) that compilers vectorize inside the
-// kernels' loops, where libm's exp2f does not. Results below 2^-126 are 0 on the GPU and
-// 2^-126 on the CPU (see exp2_approx).
+// kernels' loops, where libm's exp2f does not. Below 2^-126 the result is 0 and above 2^126 it
+// is inf, on both devices.
+// exp2_in_range(float): the same 2^x for an x known to lie in [-126, 126], such as a weight's
+// exponent against a fixed shift (policy 1: [-93, 0]). On the CPU it skips exp2_approx's two
+// range selects, which cost as much as the rest of the function in the vectorized loops.
 // reciprocal(float): rcp.approx.ftz on the GPU (1 ulp), a division on the CPU.
 // For double, the libm functions and a division everywhere.
-DRLOSS_HD float exp2_approx(float x) {
+DRLOSS_HD float exp2_in_range(float x) {
 #if defined(__CUDA_ARCH__)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #else
-  // Clamp so that 2^n stays a normal float (NaN passes through: every comparison with NaN is
-  // false and the polynomial of NaN is NaN). No select fixes the ends: below 2^-126 the result
-  // stays 2^-126 (1.2e-38) and above 2^126 it stays 2^126, which changes no sum or gradient
-  // visibly (the kernels' exponents lie in [-93, 0] with a fixed shift) and saves 4 of the
-  // ~20 vector instructions.
-  float xc = x > 126.0f ? 126.0f : x;
-  xc = xc < -126.0f ? -126.0f : xc;
-  // Round to nearest by the 1.5 * 2^23 trick: branch-free and vectorizable without SSE4.1.
+  // Round to nearest by adding 1.5 * 2^23: branch-free and vectorizable without SSE4.1, and it
+  // leaves n = round(x) in the low bits of `biased`, from which 2^n is built directly.
   const float shifter = 12582912.0f;
-  const float nf = (xc + shifter) - shifter;
-  const float f = xc - nf;  // exact, in [-1/2, 1/2]
+  const float biased = x + shifter;
+  const float f = x - (biased - shifter);  // exact, in [-1/2, 1/2]
   float poly = 1.5252733804059838e-05f;  // (ln 2)^k / k!, k = 7 .. 0
   poly = poly * f + 1.5403530393381606e-04f;
   poly = poly * f + 1.3333558146428441e-03f;
@@ -120,13 +117,32 @@ DRLOSS_HD float exp2_approx(float x) {
   poly = poly * f + 2.4022650695910071e-01f;
   poly = poly * f + 6.9314718055994531e-01f;
   poly = poly * f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(nf) + 127) << 23;
+  // biased's mantissa holds 2^22 + n; shifted left by 23 only n << 23 is left (mod 2^32), and
+  // adding the exponent bias gives the bits of 2^n, a normal float for n in [-126, 127]. The
+  // product, not an addition into poly's exponent field, so that a NaN x gives NaN.
+  uint32_t biased_bits;
+  std::memcpy(&biased_bits, &biased, sizeof(biased_bits));
+  const uint32_t two_n_bits = (biased_bits << 23) + (127u << 23);
   float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
+  std::memcpy(&two_n, &two_n_bits, sizeof(two_n));
   return poly * two_n;
 #endif
 }
 
+DRLOSS_HD float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2_in_range(x);
+#else
+  // Outside [-126, 126] the polynomial's result is meaningless and is replaced. Selecting the
+  // result (rather than clamping x first) keeps NaN, which fails both comparisons, and costs
+  // two compares and two blends.
+  const float inside = exp2_in_range(x);
+  const float above_min = x < -126.0f ? 0.0f : inside;
+  return x > 126.0f ? std::numeric_limits<float>::infinity() : above_min;
+#endif
+}
+
+DRLOSS_HD double exp2_in_range(double x) { return exp2(x); }
 DRLOSS_HD double exp2_approx(double x) { return exp2(x); }
 
 DRLOSS_HD float reciprocal(float x) {
@@ -140,6 +156,13 @@ DRLOSS_HD float reciprocal(float x) {
 }
 
 DRLOSS_HD double reciprocal(double x) { return 1.0 / x; }
+
+// A softmax weight 2^(t - m). With a fixed shift (policy 1) t - m lies in [-93, 0], so the
+// range selects are not needed; the CPU loops instantiate both forms.
+template <bool kFixedShift, typename acc_t>
+DRLOSS_HD acc_t shifted_weight(acc_t exponent) {
+  return kFixedShift ? exp2_in_range(exponent) : exp2_approx(exponent);
+}
 
 // p = 1 / (1 + e^-x) = 1 / (1 + 2^(-x log2 e)). x = -inf gives 0, x = +inf gives 1.
 template <typename acc_t>
@@ -354,15 +377,16 @@ DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
 }
 
 // dloss/dx of one element with probability p; `s`, `s2`, `coef`, `max`, `mean` are its sign's.
-template <typename acc_t>
+// kFixedShift: the sign's shift is fixed (policy 1), which a caller may know for a whole loop.
+template <bool kFixedShift = false, typename acc_t>
 DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t s2, acc_t coef, acc_t max, acc_t mean) {
-  const acc_t weight = exp2_approx(s2 * p - max);
+  const acc_t weight = shifted_weight<kFixedShift>(s2 * p - max);
   return coef * weight * (acc_t(1) + s * (p - mean)) * (p * (acc_t(1) - p));
 }
 
-template <typename acc_t>
+template <bool kFixedShift = false, typename acc_t>
 DRLOSS_HD acc_t negative_grad(acc_t p, const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h) {
-  return element_grad(p, h.s_neg, h.s2_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
+  return element_grad<kFixedShift>(p, h.s_neg, h.s2_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
 }
 
 template <typename acc_t>
