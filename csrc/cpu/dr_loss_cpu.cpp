@@ -7,7 +7,9 @@
 //
 // Inside a chunk the elements are first classified anchor by anchor (a label is read once per
 // anchor, not once per element), then the dense loops over the chunk run on plain arrays that
-// the compiler vectorizes; the few positives (at most one per anchor) are handled one by one.
+// the compiler vectorizes, block by block: each block's sigmoid, then its weights (forward) or
+// gradient (backward), while the next chunk's logits are prefetched. The few positives (at
+// most one per anchor) are handled one by one.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -48,19 +50,24 @@ struct ChunkKinds {
 };
 
 template <typename label_t>
-void classify_chunk(const label_t* group_labels, int64_t begin, int64_t end, int64_t classes,
-                    int64_t first_label, ChunkKinds& kinds) {
+DRLOSS_CPU_CLONES void classify_chunk(const label_t* group_labels, int64_t begin, int64_t end,
+                                      int64_t classes, int64_t first_label, ChunkKinds& kinds) {
+  // Every element starts as a negative (one dense fill); the anchor loop then clears the rare
+  // ignored anchors and the positives, instead of filling each anchor's short range itself.
+  std::fill(kinds.neg, kinds.neg + (end - begin), 1);
   kinds.num_pos = 0;
   for (int64_t anchor = begin / classes; anchor * classes < end; ++anchor) {
-    const int64_t lo = std::max(begin, anchor * classes);
-    const int64_t hi = std::min(end, (anchor + 1) * classes);
     const label_t label = group_labels[anchor];
-    const int32_t counted = label >= 0;
-    std::fill(kinds.neg + (lo - begin), kinds.neg + (hi - begin), counted);
+    if (label < 0) {
+      const int64_t lo = std::max(begin, anchor * classes);
+      const int64_t hi = std::min(end, (anchor + 1) * classes);
+      std::fill(kinds.neg + (lo - begin), kinds.neg + (hi - begin), 0);
+      continue;
+    }
     // The one class column of this anchor that can be positive (if it lies in the chunk).
     const int64_t column = positive_column(label, classes, first_label);
     const int64_t pos = anchor * classes + column;
-    if (column >= 0 && pos >= lo && pos < hi) {
+    if (column >= 0 && pos >= begin && pos < end) {
       kinds.neg[pos - begin] = 0;
       kinds.pos_index[kinds.num_pos++] = static_cast<int32_t>(pos - begin);
     }
@@ -115,9 +122,12 @@ struct Storage<c10::Half> {
 template <typename scalar_t>
 using raw_of = typename Storage<scalar_t>::raw_t;
 
-// p = sigmoid(x) for n elements, in the accumulation type.
+// p = sigmoid(x) for n elements, in the accumulation type. Inlined into the dense loops below,
+// block by block: the logits then stream in from memory during all of a chunk's arithmetic,
+// not only during a sigmoid pass of its own (one long loop per element would instead tie the
+// sigmoid and what follows into a dependency chain too long for the core to overlap).
 template <typename scalar_t, typename acc_t>
-DRLOSS_CPU_CLONES void sigmoid_chunk(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
+inline void sigmoid_block(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     p[i] = sigmoid(Storage<scalar_t>::template load<acc_t>(x[i]));
@@ -127,6 +137,9 @@ DRLOSS_CPU_CLONES void sigmoid_chunk(const raw_of<scalar_t>* x, int64_t n, acc_t
 // Compensated sums kept per SIMD lane (policy 2 of dr_loss_math.h), then added up in double in
 // lane order.
 constexpr int kLanes = 16;
+// The dense loops' block: each lane's plain partial sum (policy 2), and the unit in which the
+// loops take the sigmoid and prefetch.
+constexpr int64_t kBlock = kLanes * kMaxPlainTerms;
 
 template <typename acc_t>
 struct LaneSums {
@@ -146,12 +159,32 @@ struct LaneSums {
   }
 };
 
+// Software prefetch one chunk ahead. The dense loops below go block by block; before each
+// block they ask for the logits at the same place in the next chunk, so that memory keeps
+// working while the arithmetic runs. The hardware prefetcher alone overlaps the two only in
+// part (a test loop with one sigmoid and one exp2 per element took 40% longer streaming from
+// memory than from L1 without this, 15% with it). `end` bounds the requests to the logits.
+template <typename raw_t>
+inline void prefetch_next_chunk(const raw_t* block, int64_t n, const raw_t* end) {
+  constexpr uintptr_t kLine = 64;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(block) + kChunk * sizeof(raw_t);
+  const uintptr_t last =
+      std::min(first + static_cast<uintptr_t>(n) * sizeof(raw_t), reinterpret_cast<uintptr_t>(end));
+  for (uintptr_t a = first; a < last; a += kLine) {
+    __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 3);
+  }
+}
+
 // The negatives' triple of a chunk against shift m (policy 1: fixed, or the chunk's max).
-template <typename acc_t>
-DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const acc_t* p, const int32_t* neg,
-                                                        int64_t n, const Hyper<acc_t>& h) {
+// Writes p = sigmoid(x) for the chunk (the positives read it afterwards).
+template <bool kFixedShift, typename scalar_t, typename acc_t>
+DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const raw_of<scalar_t>* x, acc_t* p,
+                                                        const int32_t* neg, int64_t n,
+                                                        const Hyper<acc_t>& h,
+                                                        const raw_of<scalar_t>* x_end) {
   acc_t m = h.shift_neg;
-  if (!h.fixed_neg) {
+  if (!kFixedShift) {  // the shift is the max over the chunk: every p first
+    sigmoid_block<scalar_t>(x, n, p);
     m = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : m)
     for (int64_t i = 0; i < n; ++i) {
@@ -167,14 +200,17 @@ DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const acc_t* p, const in
   // kMaxPlainTerms terms plainly, then that partial with compensation.
   auto term = [&](int64_t i, acc_t& z, acc_t& w) {
     const acc_t pi = p[i];
-    const acc_t weight = exp2_approx(h.s2_neg * pi - m);
+    const acc_t weight = shifted_weight<kFixedShift>(h.s2_neg * pi - m);
     const bool is_neg = neg[i] != 0;
     z += is_neg ? weight : acc_t(0);
     w += is_neg ? pi * weight : acc_t(0);
   };
-  constexpr int64_t kBlock = kLanes * kMaxPlainTerms;
   int64_t base = 0;
   for (; base + kBlock <= n; base += kBlock) {
+    if (kFixedShift) {
+      prefetch_next_chunk(x + base, kBlock, x_end);
+      sigmoid_block<scalar_t>(x + base, kBlock, p + base);
+    }
     acc_t z[kLanes], w[kLanes];
 #pragma omp simd
     for (int j = 0; j < kLanes; ++j) z[j] = w[j] = acc_t(0);
@@ -188,6 +224,7 @@ DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const acc_t* p, const in
       compensated_add(sums.w_hi[j], sums.w_lo[j], w[j]);
     }
   }
+  if (kFixedShift) sigmoid_block<scalar_t>(x + base, n - base, p + base);
   for (int64_t i = base; i < n; ++i) {  // the chunk's last, partial block: one term at a time
     acc_t z = 0, w = 0;
     term(i, z, w);
@@ -210,16 +247,23 @@ SoftmaxTriple<double> positive_triple(const acc_t* p, const int32_t* pos_index, 
   return sums.triple();
 }
 
-// The negatives' gradient, written straight into the output in its storage type (0 for every
-// other element: the positives are overwritten afterwards).
-template <typename scalar_t, typename acc_t>
-DRLOSS_CPU_CLONES void negative_grad_chunk(const acc_t* p, const int32_t* neg, int64_t n,
+// The negatives' gradient of one chunk, written straight into the output in its storage type
+// (0 for every other element: the positives are overwritten afterwards, from the p it leaves).
+template <bool kFixedShift, typename scalar_t, typename acc_t>
+DRLOSS_CPU_CLONES void negative_grad_chunk(const raw_of<scalar_t>* x, acc_t* p,
+                                           const int32_t* neg, int64_t n,
                                            const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h,
+                                           const raw_of<scalar_t>* x_end,
                                            raw_of<scalar_t>* out) {
+  for (int64_t base = 0; base < n; base += kBlock) {
+    const int64_t count = std::min(kBlock, n - base);
+    prefetch_next_chunk(x + base, count, x_end);
+    sigmoid_block<scalar_t>(x + base, count, p + base);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t g = negative_grad(p[i], gg, h);
-    out[i] = Storage<scalar_t>::store(neg[i] ? g : acc_t(0));
+    for (int64_t i = base; i < base + count; ++i) {
+      const acc_t g = negative_grad<kFixedShift>(p[i], gg, h);
+      out[i] = Storage<scalar_t>::store(neg[i] ? g : acc_t(0));
+    }
   }
 }
 
@@ -259,6 +303,7 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
   const Hyper<acc_t> h =
       make_hyper<acc_t>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
   const auto* x = reinterpret_cast<const raw_of<scalar_t>*>(logits.data_ptr<scalar_t>());
+  const raw_of<scalar_t>* x_end = x + logits.numel();
   const label_t* y = labels.data_ptr<label_t>();
   const Chunking ch(pr);
 
@@ -272,8 +317,9 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
       const int64_t begin = (c % ch.per_group) * kChunk;
       const int64_t n = std::min(kChunk, ch.elements - begin);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      sigmoid_chunk<scalar_t>(x + g * ch.elements + begin, n, p);
-      neg_parts[c] = negative_triple(p, kinds.neg, n, h);
+      const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
+      neg_parts[c] = h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
+                                 : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
       pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
     }
   });
@@ -309,6 +355,7 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   const Hyper<acc_t> h =
       make_hyper<acc_t>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
   const auto* x = reinterpret_cast<const raw_of<scalar_t>*>(logits.data_ptr<scalar_t>());
+  const raw_of<scalar_t>* x_end = x + logits.numel();
   const label_t* y = labels.data_ptr<label_t>();
   const acc_t* g_in = grad_losses.data_ptr<acc_t>();
   const acc_t* st = stats.data_ptr<acc_t>();
@@ -325,9 +372,13 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
       const int64_t n = std::min(kChunk, ch.elements - begin);
       const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      sigmoid_chunk<scalar_t>(x + g * ch.elements + begin, n, p);
+      const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
       raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
-      negative_grad_chunk<scalar_t>(p, kinds.neg, n, gg, h, out_chunk);
+      if (h.fixed_neg) {
+        negative_grad_chunk<true, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+      } else {
+        negative_grad_chunk<false, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+      }
       for (int64_t k = 0; k < kinds.num_pos; ++k) {
         const int32_t i = kinds.pos_index[k];
         out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
