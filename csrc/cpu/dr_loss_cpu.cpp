@@ -18,6 +18,7 @@
 #include <cstring>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -31,8 +32,11 @@
 // picked once at load time by the CPU it runs on.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define DRLOSS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define DRLOSS_CPU_F16C 1
+#include <immintrin.h>
 #else
 #define DRLOSS_CPU_CLONES
+#define DRLOSS_CPU_F16C 0
 #endif
 
 namespace drloss {
@@ -122,15 +126,73 @@ struct Storage<c10::Half> {
 template <typename scalar_t>
 using raw_of = typename Storage<scalar_t>::raw_t;
 
+}  // namespace
+
+// float16 <-> float32 for a block of elements. c10's portable conversions cost about 11 and 15
+// vector instructions per element, which made the float16 backward 1.7x the float32 one in
+// arithmetic; where the CPU has F16C (every x86-64-v3 CPU) one instruction converts 8
+// elements. Both round to nearest even, so the results are the same bits (NaN payloads aside).
+// Called once per block: the version is picked at load time, like the clones above.
+#if DRLOSS_CPU_F16C
+__attribute__((target("default"))) void half_block_to_float(const uint16_t* in, int64_t n,
+                                                             float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
+}
+
+__attribute__((target("avx,f16c"))) void half_block_to_float(const uint16_t* in, int64_t n,
+                                                              float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
+}
+
+__attribute__((target("default"))) void float_block_to_half(const float* in, int64_t n,
+                                                             uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+}
+
+__attribute__((target("avx,f16c"))) void float_block_to_half(const float* in, int64_t n,
+                                                              uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+  }
+  for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+}
+#else
+void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
+}
+
+void float_block_to_half(const float* in, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+}
+#endif
+
+namespace {
+
+template <typename scalar_t>
+constexpr bool kIsHalf = std::is_same<scalar_t, c10::Half>::value;
+
 // p = sigmoid(x) for n elements, in the accumulation type. Inlined into the dense loops below,
 // block by block: the logits then stream in from memory during all of a chunk's arithmetic,
 // not only during a sigmoid pass of its own (one long loop per element would instead tie the
 // sigmoid and what follows into a dependency chain too long for the core to overlap).
 template <typename scalar_t, typename acc_t>
 inline void sigmoid_block(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
+  if constexpr (kIsHalf<scalar_t>) {
+    half_block_to_float(x, n, p);  // the logits as floats into p, then p = sigmoid(p) in place
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    p[i] = sigmoid(Storage<scalar_t>::template load<acc_t>(x[i]));
+    for (int64_t i = 0; i < n; ++i) p[i] = sigmoid(p[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      p[i] = sigmoid(Storage<scalar_t>::template load<acc_t>(x[i]));
+    }
   }
 }
 
@@ -259,10 +321,20 @@ DRLOSS_CPU_CLONES void negative_grad_chunk(const raw_of<scalar_t>* x, acc_t* p,
     const int64_t count = std::min(kBlock, n - base);
     prefetch_next_chunk(x + base, count, x_end);
     sigmoid_block<scalar_t>(x + base, count, p + base);
+    if constexpr (kIsHalf<scalar_t>) {  // through a float block, converted all at once
+      float grad[kBlock];
 #pragma omp simd
-    for (int64_t i = base; i < base + count; ++i) {
-      const acc_t g = negative_grad<kFixedShift>(p[i], gg, h);
-      out[i] = Storage<scalar_t>::store(neg[i] ? g : acc_t(0));
+      for (int64_t i = 0; i < count; ++i) {
+        const acc_t g = negative_grad<kFixedShift>(p[base + i], gg, h);
+        grad[i] = neg[base + i] ? g : acc_t(0);
+      }
+      float_block_to_half(grad, count, out + base);
+    } else {
+#pragma omp simd
+      for (int64_t i = base; i < base + count; ++i) {
+        const acc_t g = negative_grad<kFixedShift>(p[i], gg, h);
+        out[i] = Storage<scalar_t>::store(neg[i] ? g : acc_t(0));
+      }
     }
   }
 }
