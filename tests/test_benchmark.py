@@ -185,6 +185,16 @@ def test_noise_warnings_flag_a_forward_slower_than_forward_backward():
     assert "noisy" in warning and "official_pooled forward" in warning
 
 
+def test_headline_names_each_peer_or_says_there_is_none():
+    def row(provider, median):
+        return dict(provider=provider, mode="forward_backward", N=2, A=100, C=8, dtype="float32", median_ms=median)
+
+    (alone,) = table.headline([row("fused", 2.0)])
+    assert alone == "- forward_backward N=2 A=100 C=8 float32: fused 2 ms; no peer measured"
+    (with_peer,) = table.headline([row("fused", 2.0), row("dense_masked", 7.0)])
+    assert with_peer.endswith("fused 2 ms; speedup of fused over dense_masked 3.5x")
+
+
 def test_check_accepts_the_fused_loss():
     logits, labels = _inputs()
     expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)

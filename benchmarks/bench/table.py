@@ -66,7 +66,8 @@ def headline(rows, mode="forward_backward"):
         parts = [f"{p} {times[p] / times['fused']:.1f}x" for p in times if p != "fused"]
         if "fused_pooled" in times and "official_pooled" in times:
             parts.append(f"(pooled vs pooled: fused_pooled over official_pooled {times['official_pooled'] / times['fused_pooled']:.1f}x)")
-        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; speedup of fused over " + ", ".join(parts))
+        peers = "speedup of fused over " + ", ".join(parts) if parts else "no peer measured"
+        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; {peers}")
     return out
 
 
