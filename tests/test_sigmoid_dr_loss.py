@@ -148,6 +148,20 @@ def test_half_precision_against_float32(device, generator, dtype):
     assert_half_grad_close(grad, grad32, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 300, 20), (3, 37, 5), (1, 211, 81)])
+def test_half_precision_is_the_float32_path_rounded_once_on_cpu(generator, dtype, shape):
+    """On the CPU the 16-bit kernels compute exactly what the float32 kernels compute for the
+    same (upcast) logits: the same loss bits, and the gradient is the float32 one rounded once.
+    The shapes cross the conversions' 8-element groups, the loops' 128-element blocks and the
+    2048-element chunks at odd offsets."""
+    logits, labels = make_inputs(shape, "cpu", dtype=dtype)
+    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
+    loss32, grad32 = loss_and_grad(sigmoid_dr_loss, logits.float(), labels, reduction="none")
+    assert torch.equal(loss, loss32)
+    assert torch.equal(grad, grad32.to(dtype))
+
+
 def test_gradcheck_float64(device, generator):
     logits, labels = make_inputs((2, 6, 4), device, dtype=torch.float64, scale=1.0)
     x = logits.clone().requires_grad_(True)

@@ -32,11 +32,14 @@
 // picked once at load time by the CPU it runs on.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define DRLOSS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Block conversions (float16 below) get an F16C version next to the portable one.
 #define DRLOSS_CPU_F16C 1
+#define DRLOSS_CPU_PORTABLE __attribute__((target("default")))
 #include <immintrin.h>
 #else
 #define DRLOSS_CPU_CLONES
 #define DRLOSS_CPU_F16C 0
+#define DRLOSS_CPU_PORTABLE
 #endif
 
 namespace drloss {
@@ -133,12 +136,15 @@ using raw_of = typename Storage<scalar_t>::raw_t;
 // arithmetic; where the CPU has F16C (every x86-64-v3 CPU) one instruction converts 8
 // elements. Both round to nearest even, so the results are the same bits (NaN payloads aside).
 // Called once per block: the version is picked at load time, like the clones above.
-#if DRLOSS_CPU_F16C
-__attribute__((target("default"))) void half_block_to_float(const uint16_t* in, int64_t n,
-                                                             float* out) {
+DRLOSS_CPU_PORTABLE void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
 }
 
+DRLOSS_CPU_PORTABLE void float_block_to_half(const float* in, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+}
+
+#if DRLOSS_CPU_F16C
 __attribute__((target("avx,f16c"))) void half_block_to_float(const uint16_t* in, int64_t n,
                                                               float* out) {
   int64_t i = 0;
@@ -149,11 +155,6 @@ __attribute__((target("avx,f16c"))) void half_block_to_float(const uint16_t* in,
   for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
 }
 
-__attribute__((target("default"))) void float_block_to_half(const float* in, int64_t n,
-                                                             uint16_t* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
-}
-
 __attribute__((target("avx,f16c"))) void float_block_to_half(const float* in, int64_t n,
                                                               uint16_t* out) {
   int64_t i = 0;
@@ -162,14 +163,6 @@ __attribute__((target("avx,f16c"))) void float_block_to_half(const float* in, in
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
   }
   for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
-}
-#else
-void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
-}
-
-void float_block_to_half(const float* in, int64_t n, uint16_t* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
 }
 #endif
 
