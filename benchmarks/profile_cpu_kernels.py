@@ -12,7 +12,9 @@ timed calls (the minimum is the steadiest figure on a shared machine), and the m
 and fraction of the copy bandwidth measured in the same run, counting the bytes as the
 benchmark's floor does (forward: logits and labels read once; backward: those read and the
 gradient written once). The points are timed round-robin, so a change in the machine's load
-touches them all alike.
+touches them all alike. The backward allocates its output, as in training: where the allocator
+hands it fresh pages (large outputs always; small ones depending on what was freed before),
+their faults are part of its time.
 """
 
 import argparse
