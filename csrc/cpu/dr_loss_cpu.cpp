@@ -223,8 +223,8 @@ template <typename raw_t>
 inline void prefetch_next_chunk(const raw_t* block, int64_t n, const raw_t* end) {
   constexpr uintptr_t kLine = 64;
   const uintptr_t first = reinterpret_cast<uintptr_t>(block) + kChunk * sizeof(raw_t);
-  const uintptr_t last =
-      std::min(first + static_cast<uintptr_t>(n) * sizeof(raw_t), reinterpret_cast<uintptr_t>(end));
+  const uintptr_t last = std::min(first + static_cast<uintptr_t>(n) * sizeof(raw_t),
+                                  reinterpret_cast<uintptr_t>(end));
   for (uintptr_t a = first; a < last; a += kLine) {
     __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 3);
   }
@@ -383,8 +383,9 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
       const int64_t n = std::min(kChunk, ch.elements - begin);
       classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
       const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
-      neg_parts[c] = h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
-                                 : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
+      neg_parts[c] =
+          h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
+                      : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
       pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
     }
   });
