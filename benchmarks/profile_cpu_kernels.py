@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.floor import copy_bandwidth, copy_bytes  # noqa: E402
+from bench.floor import copy_bandwidth, copy_bytes, pass_bytes  # noqa: E402
 from bench.inputs import DTYPES, make_inputs  # noqa: E402
 from bench.options import parse_sizes  # noqa: E402
 
@@ -54,8 +54,7 @@ class Point:
         self.threads = threads
         self.name = f"{n}x{a}x{c} {dtype_name} threads {threads}"
         self.elements = self.x.numel()
-        read = self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
-        self.bytes = {"forward": read, "backward": read + self.x.numel() * self.x.element_size()}
+        self.bytes = pass_bytes(self.x, self.y)
         torch.set_num_threads(threads)
         losses, self.stats = forward_op(self.x, self.y, *HYPER)
         self.grad_losses = torch.ones_like(losses)

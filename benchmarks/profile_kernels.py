@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.floor import copy_bandwidth  # noqa: E402
+from bench.floor import copy_bandwidth, pass_bytes  # noqa: E402
 from bench.inputs import DTYPES, make_inputs  # noqa: E402
 from bench.options import parse_sizes  # noqa: E402
 
@@ -83,8 +83,7 @@ def main():
     for n, a, c in args.sizes:
         for dtype_name in args.dtypes.split(","):
             logits, labels = make_inputs(n, a, c, DTYPES[dtype_name], "cuda", generator)
-            read = logits.numel() * logits.element_size() + labels.numel() * labels.element_size()
-            written = logits.numel() * logits.element_size()
+            passes = pass_bytes(logits, labels)
             for layout, (x, y) in {"per_image": (logits, labels), "pooled": (logits.reshape(-1, c), labels.reshape(-1))}.items():
                 x = x.detach().requires_grad_(True)
 
@@ -100,7 +99,7 @@ def main():
                     os.environ["DRLOSS_CUDA_BLOCKS_PER_GROUP"] = str(blocks) if blocks else ""
                     for name, times in sorted(kernel_times(forward_backward, args.repeats).items()):
                         kind = short_name(name)
-                        moved = {"forward": read, "backward": read + written}.get(kind, 0)
+                        moved = passes.get(kind, 0)
                         us = statistics.median(times)
                         rate = f"{moved / (us * 1e-6) / 1e9:7.1f} GB/s ({100 * moved / (us * 1e-6) / copy_bw:5.1f}% of copy)" if moved else ""
                         print(f"  blocks/group {blocks or 'auto':>4} {kind:<9} {len(times):3d} launches  median {us:8.1f} us  {rate}")

@@ -7,14 +7,19 @@ import torch
 from .timing import percentile
 
 
-def floor_bytes(mode, logits, labels):
-    """Memory-traffic floor of one call: the forward reads logits and labels once; the backward
-    reads them once more and writes the gradient (logits' size) once."""
+def pass_bytes(logits, labels):
+    """Memory-traffic floor of each pass, {"forward": bytes, "backward": bytes}: the forward reads
+    logits and labels once; the backward reads them once more and writes the gradient (logits'
+    size) once."""
     x = logits.numel() * logits.element_size()
     y = labels.numel() * labels.element_size()
-    forward = x + y
-    backward = x + y + x
-    return forward if mode == "forward" else forward + backward
+    return {"forward": x + y, "backward": x + y + x}
+
+
+def floor_bytes(mode, logits, labels):
+    """Memory-traffic floor of one call in `mode`: the forward pass, or both passes."""
+    passes = pass_bytes(logits, labels)
+    return passes["forward"] if mode == "forward" else passes["forward"] + passes["backward"]
 
 
 def copy_bytes(device):
