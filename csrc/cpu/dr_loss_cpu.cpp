@@ -131,17 +131,17 @@ using raw_of = typename Storage<scalar_t>::raw_t;
 
 }  // namespace
 
-// float16 <-> float32 for a block of elements. c10's portable conversions cost about 11 and 15
-// vector instructions per element, which made the float16 backward 1.7x the float32 one in
+// float16 <-> float32 for a block of elements. The portable conversions (Storage<c10::Half>,
+// c10's bit manipulations) cost about 11 and 15 vector instructions per element, which made the float16 backward 1.7x the float32 one in
 // arithmetic; where the CPU has F16C (every x86-64-v3 CPU) one instruction converts 8
 // elements. Both round to nearest even, so the results are the same bits (NaN payloads aside).
 // Called once per block: the version is picked at load time, like the clones above.
 DRLOSS_CPU_PORTABLE void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = Storage<c10::Half>::load<float>(in[i]);
 }
 
 DRLOSS_CPU_PORTABLE void float_block_to_half(const float* in, int64_t n, uint16_t* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = Storage<c10::Half>::store(in[i]);
 }
 
 #if DRLOSS_CPU_F16C
@@ -152,7 +152,7 @@ __attribute__((target("avx,f16c"))) void half_block_to_float(const uint16_t* in,
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
   }
-  for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_to_fp32_value(in[i]);
+  for (; i < n; ++i) out[i] = Storage<c10::Half>::load<float>(in[i]);
 }
 
 __attribute__((target("avx,f16c"))) void float_block_to_half(const float* in, int64_t n,
@@ -162,7 +162,7 @@ __attribute__((target("avx,f16c"))) void float_block_to_half(const float* in, in
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
   }
-  for (; i < n; ++i) out[i] = c10::detail::fp16_ieee_from_fp32_value(in[i]);
+  for (; i < n; ++i) out[i] = Storage<c10::Half>::store(in[i]);
 }
 #endif
 
