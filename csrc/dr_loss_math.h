@@ -91,8 +91,8 @@ DRLOSS_HD int element_kind(label_t label, int64_t cls, int64_t classes, int64_t 
 // exp2_approx(float): on the GPU the hardware ex2.approx.ftz (one MUFU instruction, ~2 ulp);
 // on the CPU a branch-free polynomial (round to nearest, then the degree-7 Taylor series of
 // 2^f = e^(f ln 2) on |f| <= 1/2, truncation error 5e-9) that compilers vectorize inside the
-// kernels' loops, where libm's exp2f does not. Below 2^-126 the result is 0 and above 2^126 it
-// is inf, on both devices.
+// kernels' loops, where libm's exp2f does not. Below 2^-126 the result is 0 on both devices;
+// above 2^126 it is inf on the CPU, and on the GPU from 2^128 (the float range) on.
 // exp2_in_range(float): the same 2^x for an x known to lie in [-126, 126], such as a weight's
 // exponent against a fixed shift (policy 1: [-93, 0]). On the CPU it skips exp2_approx's two
 // range selects, which cost as much as the rest of the function in the vectorized loops.
