@@ -46,15 +46,15 @@ void check_hyperparameters(const LossOptions& o) {
                                {"tau", o.tau, 0.0}};
   for (const auto& [name, value, minimum] : positive) {
     DRLOSS_CHECK_VALUE(std::isfinite(value) && value > 0, "sigmoid_dr_loss: ", name,
-                      " must be a positive finite number, got ", value);
+                       " must be a positive finite number, got ", value);
     DRLOSS_CHECK_VALUE(value >= minimum, "sigmoid_dr_loss: ", name, " must be >= ", minimum,
-                      " (an exponent scale 1/", name, " above ", 1.0 / minimum,
-                      " makes the softmax a max to float32 precision), got ", value);
+                       " (an exponent scale 1/", name, " above ", 1.0 / minimum,
+                       " makes the softmax a max to float32 precision), got ", value);
   }
   DRLOSS_CHECK_VALUE(o.first_label >= 0, "sigmoid_dr_loss: first_label must be >= 0 (negative ",
-                    "labels mean 'ignore'), got ", o.first_label);
+                     "labels mean 'ignore'), got ", o.first_label);
   DRLOSS_CHECK_VALUE(std::isfinite(o.margin),
-                    "sigmoid_dr_loss: margin must be a finite number, got ", o.margin);
+                     "sigmoid_dr_loss: margin must be a finite number, got ", o.margin);
 }
 
 }  // namespace
@@ -73,24 +73,24 @@ at::ScalarType accumulate_type(at::ScalarType logits_type) {
 Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
                            const LossOptions& options) {
   DRLOSS_CHECK(logits.dim() == 3 || logits.dim() == 2,
-              "sigmoid_dr_loss: logits must have shape [N, A, C] (one group per image) or "
-              "[M, C] (one pooled group), got ",
-              message::piece(logits.sizes()));
+               "sigmoid_dr_loss: logits must have shape [N, A, C] (one group per image) or "
+               "[M, C] (one pooled group), got ",
+               message::piece(logits.sizes()));
   const auto type = logits.scalar_type();
   DRLOSS_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf ||
                   type == at::kBFloat16,
-              "sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got ",
-              dtype_name(type));
+               "sigmoid_dr_loss: logits must be float32, float64, float16 or bfloat16, got ",
+               dtype_name(type));
   DRLOSS_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
-              "sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got ",
-              dtype_name(labels.scalar_type()));
+               "sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got ",
+               dtype_name(labels.scalar_type()));
   const auto leading = logits.sizes().slice(0, logits.dim() - 1);
   DRLOSS_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
-              message::piece(leading), " (logits' shape without the class dimension), got ",
-              message::piece(labels.sizes()));
+               message::piece(leading), " (logits' shape without the class dimension), got ",
+               message::piece(labels.sizes()));
   DRLOSS_CHECK(labels.device() == logits.device(),
-              "sigmoid_dr_loss: labels must be on the same device as logits (", logits.device(),
-              "), got ", labels.device());
+               "sigmoid_dr_loss: labels must be on the same device as logits (", logits.device(),
+               "), got ", labels.device());
   check_hyperparameters(options);
   if (logits.dim() == 3) return {logits.size(0), logits.size(1), logits.size(2)};
   return {1, logits.size(0), logits.size(1)};
@@ -103,17 +103,17 @@ Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& log
   const auto acc = accumulate_type(logits.scalar_type());
   DRLOSS_CHECK(grad_losses.dim() == 1 && grad_losses.size(0) == problem.groups &&
                   grad_losses.scalar_type() == acc && grad_losses.device() == logits.device(),
-              "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ",
-              dtype_name(acc), " tensor on ", logits.device(), ", got ",
-              message::piece(grad_losses.sizes()), " ", dtype_name(grad_losses.scalar_type()),
-              " on ", grad_losses.device());
+               "sigmoid_dr_loss_backward: grad_losses must be a [", problem.groups, "] ",
+               dtype_name(acc), " tensor on ", logits.device(), ", got ",
+               message::piece(grad_losses.sizes()), " ", dtype_name(grad_losses.scalar_type()),
+               " on ", grad_losses.device());
   DRLOSS_CHECK(stats.dim() == 2 && stats.size(0) == problem.groups &&
                   stats.size(1) == kNumStats && stats.scalar_type() == acc &&
                   stats.device() == logits.device(),
-              "sigmoid_dr_loss_backward: stats must be the forward's [", problem.groups, ", ",
-              int(kNumStats), "] ", dtype_name(acc), " tensor on ", logits.device(), ", got ",
-              message::piece(stats.sizes()), " ", dtype_name(stats.scalar_type()), " on ",
-              stats.device());
+               "sigmoid_dr_loss_backward: stats must be the forward's [", problem.groups, ", ",
+               int(kNumStats), "] ", dtype_name(acc), " tensor on ", logits.device(), ", got ",
+               message::piece(stats.sizes()), " ", dtype_name(stats.scalar_type()), " on ",
+               stats.device());
   return problem;
 }
 

@@ -34,7 +34,8 @@ cuda::LogitsType logits_type_of(const at::Tensor& logits) {
     case at::kBFloat16:
       return cuda::LogitsType::kBFloat16;
     default:
-      DRLOSS_CHECK(false, "sigmoid_dr_loss: unsupported logits dtype ", c10::toString(logits.scalar_type()));
+      DRLOSS_CHECK(false, "sigmoid_dr_loss: unsupported logits dtype ",
+                   c10::toString(logits.scalar_type()));
   }
 }
 
@@ -54,7 +55,7 @@ int64_t blocks_per_group_override() {
   char* end = nullptr;
   const long long blocks = std::strtoll(value, &end, 10);
   DRLOSS_CHECK(end != value && *end == '\0' && blocks > 0,
-              "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '", value, "'");
+               "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '", value, "'");
   return blocks;
 }
 
@@ -63,8 +64,8 @@ cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
                            const Problem& problem, const LossOptions& options) {
   // The kernels keep a class index in 32 bits, and add up to 2048 to it before wrapping.
   DRLOSS_CHECK(problem.classes <= (int64_t(1) << 30),
-              "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
-              problem.classes);
+               "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
+               problem.classes);
   return cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem, options,
                            blocks_per_group_override());
 }
