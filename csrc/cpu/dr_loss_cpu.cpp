@@ -250,15 +250,16 @@ DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const raw_of<scalar_t>* 
     // reach the sums); m = -inf keeps that so.
   }
   LaneSums<acc_t> sums;
-  // Both operands are computed for every lane and then selected, so the loops have no branch
-  // and no masked load (they vectorize on every x86-64 level). Policy 2: each lane adds
-  // kMaxPlainTerms terms plainly, then that partial with compensation.
+  // The weight is computed for every lane and the sums are updated only in the negatives'
+  // lanes: one masked add each (adding a selected 0 instead would cost an add per lane, since
+  // -0 + 0 is not -0). Policy 2: each lane adds kMaxPlainTerms terms plainly, then that
+  // partial with compensation.
   auto term = [&](int64_t i, acc_t& z, acc_t& w) {
     const acc_t pi = p[i];
     const acc_t weight = shifted_weight<kFixedShift>(h.s2_neg * pi - m);
     const bool is_neg = neg[i] != 0;
-    z += is_neg ? weight : acc_t(0);
-    w += is_neg ? pi * weight : acc_t(0);
+    z = is_neg ? z + weight : z;
+    w = is_neg ? w + pi * weight : w;
   };
   int64_t base = 0;
   for (; base + kBlock <= n; base += kBlock) {
