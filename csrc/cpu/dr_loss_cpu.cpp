@@ -171,14 +171,22 @@ namespace {
 template <typename scalar_t>
 constexpr bool kIsHalf = std::is_same<scalar_t, c10::Half>::value;
 
-// p = sigmoid(x) for n elements, in the accumulation type. Inlined into the dense loops below,
-// block by block: the logits then stream in from memory during all of a chunk's arithmetic,
-// not only during a sigmoid pass of its own (one long loop per element would instead tie the
-// sigmoid and what follows into a dependency chain too long for the core to overlap).
+// float16 logits are converted to float for a whole chunk at once, into p, before the dense
+// loops (one call per chunk: the conversion is a separately compiled function, and each call
+// clobbers the vector registers that hold the loops' constants). Other types are read directly.
+template <typename scalar_t, typename acc_t>
+inline void stage_logits(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
+  if constexpr (kIsHalf<scalar_t>) half_block_to_float(x, n, p);
+}
+
+// p = sigmoid(x) for n elements, in the accumulation type (for float16, in place over the
+// staged logits). Inlined into the dense loops below, block by block: the logits then stream
+// in from memory during all of a chunk's arithmetic, not only during a sigmoid pass of its own
+// (one long loop per element would instead tie the sigmoid and what follows into a dependency
+// chain too long for the core to overlap).
 template <typename scalar_t, typename acc_t>
 inline void sigmoid_block(const raw_of<scalar_t>* x, int64_t n, acc_t* p) {
   if constexpr (kIsHalf<scalar_t>) {
-    half_block_to_float(x, n, p);  // the logits as floats into p, then p = sigmoid(p) in place
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) p[i] = sigmoid(p[i]);
   } else {
@@ -237,6 +245,7 @@ DRLOSS_CPU_CLONES SoftmaxTriple<double> negative_triple(const raw_of<scalar_t>* 
                                                         const int32_t* neg, int64_t n,
                                                         const Hyper<acc_t>& h,
                                                         const raw_of<scalar_t>* x_end) {
+  stage_logits<scalar_t>(x, n, p);
   acc_t m = h.shift_neg;
   if (!kFixedShift) {  // the shift is the max over the chunk: every p first
     sigmoid_block<scalar_t>(x, n, p);
@@ -311,6 +320,7 @@ DRLOSS_CPU_CLONES void negative_grad_chunk(const raw_of<scalar_t>* x, acc_t* p,
                                            const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h,
                                            const raw_of<scalar_t>* x_end,
                                            raw_of<scalar_t>* out) {
+  stage_logits<scalar_t>(x, n, p);
   for (int64_t base = 0; base < n; base += kBlock) {
     const int64_t count = std::min(kBlock, n - base);
     prefetch_next_chunk(x + base, count, x_end);
