@@ -289,8 +289,10 @@ def test_mmdet_loss_arguments():
         loss_module(logits[0, 0], labels[0, 0])
     with pytest.raises(ValueError, match="label_weights"):
         loss_module(logits, labels, torch.full((2, 10), 0.5))
+    above = labels.clone()
+    above[1, 7] = 4  # one label above num_classes (3), wherever the random ones fell
     with pytest.raises(ValueError, match="labels"):
-        loss_module(logits, labels + 1)  # a label above num_classes
+        loss_module(logits, above)
     unchecked = MMDetSigmoidDRLoss(loss_fn=reference.sigmoid_dr_loss, check_targets=False)
     torch.testing.assert_close(unchecked(logits, labels, torch.full((2, 10), 0.5)), reference.sigmoid_dr_loss(logits, labels))
     # The head config: SigmoidDRLoss, sigmoid, whatever else the user wrote kept.
