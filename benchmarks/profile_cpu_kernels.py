@@ -5,7 +5,7 @@ and, in the backward, the page faults of the fresh gradient (see docs/design.md,
 
     python benchmarks/profile_cpu_kernels.py [--sizes 1x4000x80,2x100000x80]
                                              [--dtypes float32,bfloat16,float16]
-                                             [--threads 1,2] [--seconds 1.5]
+                                             [--threads 1,2] [--seconds 1.5] [--bounds]
 
 Prints one line per (size, dtype, threads, op): the minimum and median ns per element over the
 timed calls (the minimum is the steadiest figure on a shared machine), and the median's GB/s
@@ -15,6 +15,12 @@ gradient written once). The points are timed round-robin, so a change in the mac
 touches them all alike. The backward allocates its output, as in training: where the allocator
 hands it fresh pages (large outputs always; small ones depending on what was freed before),
 their faults are part of its time.
+
+--bounds adds, per point, three plain PyTorch operations on the same logits, timed in the same
+rounds: `read` (logits.sum(): the forward's traffic with no arithmetic), `copy_used` (a copy into
+an output allocated once: the backward's traffic with no arithmetic and no page faults) and
+`copy_fresh` (logits.clone(): the same into a fresh output, as the backward must write). They
+bound what the kernels can reach on the machine.
 """
 
 import argparse
@@ -58,16 +64,25 @@ class Point:
         torch.set_num_threads(threads)
         losses, self.stats = forward_op(self.x, self.y, *HYPER)
         self.grad_losses = torch.ones_like(losses)
-        self.times = {"forward": [], "backward": []}
+        self.used_output = torch.empty_like(self.x)
+        x_bytes = self.x.numel() * self.x.element_size()
+        self.bytes.update(read=x_bytes, copy_used=2 * x_bytes, copy_fresh=2 * x_bytes)
+        self.times = {}
 
     def call(self, op):
         torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         if op == "forward":
             forward_op(self.x, self.y, *HYPER)
-        else:
+        elif op == "backward":
             backward_op(self.grad_losses, self.x, self.y, self.stats, *HYPER)
-        self.times[op].append(time.perf_counter() - t0)
+        elif op == "read":
+            self.x.sum()
+        elif op == "copy_used":
+            self.used_output.copy_(self.x)
+        else:
+            self.x.clone()
+        self.times.setdefault(op, []).append(time.perf_counter() - t0)
 
 
 def main():
@@ -76,13 +91,15 @@ def main():
     p.add_argument("--dtypes", default="float32,bfloat16,float16")
     p.add_argument("--threads", default=f"1,{torch.get_num_threads()}")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per point and op, on average (at least 5 calls each)")
+    p.add_argument("--bounds", action="store_true", help="also time read, copy_used and copy_fresh (see above)")
     args = p.parse_args()
+    ops = ("forward", "backward") + (("read", "copy_used", "copy_fresh") if args.bounds else ())
     threads = sorted({int(t) for t in args.threads.split(",")})
     copy_bw = copy_bandwidth("cpu", copy_bytes("cpu"))
     print(f"torch {torch.__version__}; drloss_cuda {drloss_cuda.build_info()}; copy {copy_bw / 1e9:.1f} GB/s")
     generator = torch.Generator().manual_seed(0)
     points = [Point(s, d, t, generator) for s in args.sizes for d in args.dtypes.split(",") for t in threads]
-    for op in ("forward", "backward"):
+    for op in ops:
         for point in points:  # warm-up, and the time of one call
             point.call(op)
         # As many rounds as fit in `seconds` per point, on average.
@@ -97,7 +114,7 @@ def main():
             median = statistics.median(times)
             rate = point.bytes[op] / median
             print(
-                f"{point.name:<34} {op:<8} min {min(times) / point.elements * 1e9:6.3f} ns/elem  "
+                f"{point.name:<34} {op:<10} min {min(times) / point.elements * 1e9:6.3f} ns/elem  "
                 f"median {median / point.elements * 1e9:6.3f} ns/elem ({median * 1e3:8.3f} ms, {len(times)} calls)  "
                 f"{rate / 1e9:5.1f} GB/s ({100 * rate / copy_bw:5.1f}% of copy)"
             )

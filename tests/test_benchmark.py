@@ -195,18 +195,20 @@ def test_headline_names_each_peer_or_says_there_is_none():
     assert with_peer.endswith("fused 2 ms; speedup of fused over dense_masked 3.5x")
 
 
-def test_cpu_kernel_profile_prints_a_line_per_point_and_op():
+@pytest.mark.parametrize("bounds", [False, True], ids=["kernels", "kernels-and-bounds"])
+def test_cpu_kernel_profile_prints_a_line_per_point_and_op(bounds):
     out = subprocess.run(
         [sys.executable, str(BENCHMARKS / "profile_cpu_kernels.py"), "--sizes", "1x50x8,2x30x3", "--dtypes", "float32,bfloat16",
-         "--threads", "1", "--seconds", "0.01"],
+         "--threads", "1", "--seconds", "0.01", *(["--bounds"] if bounds else [])],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout.splitlines()
     assert out[0].startswith("torch ") and "copy" in out[0]
     rows = out[1:]
-    assert len(rows) == 2 * 2 * 2, out
+    ops = ("forward", "backward") + (("read", "copy_used", "copy_fresh") if bounds else ())
+    assert len(rows) == 2 * 2 * len(ops), out
     for size in ("1x50x8", "2x30x3"):
         for dtype in ("float32", "bfloat16"):
-            for op in ("forward", "backward"):
+            for op in ops:
                 (row,) = [r for r in rows if r.startswith(f"{size} {dtype} threads 1") and f" {op} " in r]
                 assert "ns/elem" in row and "% of copy" in row
 
