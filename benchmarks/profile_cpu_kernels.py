@@ -19,8 +19,12 @@ their faults are part of its time.
 --bounds adds, per point, three plain PyTorch operations on the same logits, timed in the same
 rounds: `read` (logits.sum(): the forward's traffic with no arithmetic), `copy_used` (a copy into
 an output allocated once: the backward's traffic with no arithmetic and no page faults) and
-`copy_fresh` (logits.clone(): the same into a fresh output, as the backward must write). They
-bound what the kernels can reach on the machine.
+`copy_fresh` (logits.clone(): the same into a newly allocated output, as the backward's). They
+bound what the kernels can reach on the machine. `copy_fresh` pays the faults of fresh memory
+only when the allocator maps new memory for it, as glibc does for blocks above 32 MiB unless
+that much free heap is at hand; freed blocks of other sizes (several --dtypes in one run) can
+leave it at hand, so time one dtype for this row. Unlike the backward, it gets no huge-page
+hint.
 """
 
 import argparse
