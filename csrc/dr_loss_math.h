@@ -111,7 +111,7 @@ DRLOSS_HD float exp2_in_range(float x) {
   const float biased = x + shifter;
   const float f = x - (biased - shifter);  // exact, in [-1/2, 1/2]
   // 2^f on [-1/2, 1/2]: 1 + f * (degree-5 polynomial), coefficients fitted for the least
-  // maximum relative error (2.0e-9, a thirtieth of a float ulp).
+  // maximum relative error (2.0e-9, a thirtieth of float32's unit roundoff 2^-24).
   float poly = 1.5353350e-04f;
   poly = poly * f + 1.3398875e-03f;
   poly = poly * f + 9.6184374e-03f;
