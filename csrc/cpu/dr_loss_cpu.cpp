@@ -131,11 +131,12 @@ using raw_of = typename Storage<scalar_t>::raw_t;
 
 }  // namespace
 
-// float16 <-> float32 for a block of elements. The portable conversions (Storage<c10::Half>,
-// c10's bit manipulations) cost about 11 and 15 vector instructions per element, which made the float16 backward 1.7x the float32 one in
-// arithmetic; where the CPU has F16C (every x86-64-v3 CPU) one instruction converts 8
-// elements. Both round to nearest even, so the results are the same bits (NaN payloads aside).
-// Called once per block: the version is picked at load time, like the clones above.
+// float16 <-> float32 for n elements. The portable conversions (Storage<c10::Half>, c10's bit
+// manipulations) cost about 11 and 15 vector instructions per element, which made the float16
+// backward 1.7x the float32 one in arithmetic; where the CPU has F16C (every x86-64-v3 CPU)
+// one instruction converts 8 elements. Both round to nearest even, so the results are the same
+// bits (NaN payloads aside). The version is picked at load time, like the clones above; the
+// logits are converted once per chunk, the gradient once per block.
 DRLOSS_CPU_PORTABLE void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = Storage<c10::Half>::load<float>(in[i]);
 }
