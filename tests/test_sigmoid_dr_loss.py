@@ -499,6 +499,26 @@ def test_bitwise_deterministic_across_thread_counts(generator):
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
 
 
+@pytest.mark.parametrize("C", [1, 3, 80])
+def test_one_chunks_labels_do_not_leak_into_the_next(generator, C):
+    """On one thread a single classification buffer walks every 2048-element chunk in turn and
+    sets back only the marks the previous chunk cleared. Runs of ignored anchors and dense
+    positives alternate with all-negative runs, over groups whose size is no multiple of 2048:
+    a mark left over would drop (or count as positive) negatives of the next chunk."""
+    A = 5000 // C + 7
+    anchor = torch.arange(A)
+    run = (anchor * C) // 1500  # runs of about 1500 entries, out of step with the chunks
+    labels = torch.where(run % 3 == 0, -1, torch.where(run % 3 == 1, 0, C)).repeat(3, 1)
+    labels[1] = labels[1].roll(A // 3)
+    logits = torch.randn(3, A, C, dtype=torch.float64) * 3
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert_matches_float64(logits.float(), labels, reduction="none")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_module_matches_functional(device, generator):
     logits, labels = make_inputs((2, 30, 5), device, first_label=1)
     kwargs = dict(pos_lambda=0.5, neg_lambda=0.05, L=4.0, tau=2.0, margin=0.3, first_label=1, reduction="sum")
