@@ -44,6 +44,7 @@ def check_rows(rows, names, modes, sizes):
             assert math.isfinite(value) and value > 0, (column, r)
         peak = float(r["peak_extra_mib"])
         assert math.isfinite(peak) and peak >= 0, r
+        assert float(r["page_faults_per_call"]) >= 0, r
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]), r
         assert float(r["min_ms"]) <= float(r["p20_ms"]), r
         assert int(r["repeats"]) >= 1 and int(r["threads"]) >= 1
@@ -169,6 +170,40 @@ def test_timing_interleaves_providers_and_modes():
     assert {pair: len(t) for pair, t in times.items()} == {(n, m): 3 for n in "ab" for m in timing.MODES}
     timed = calls[4:]  # after one warm-up call of each pair
     assert timed == [(name, r % 2) for r in range(3) for name in "abab"]
+
+
+@pytest.mark.skipif(timing.minor_page_faults() is None, reason="the OS gives no page-fault count (no `resource` module)")
+def test_timing_counts_the_page_faults_of_each_call():
+    """A call that writes to 64 MiB of freshly mapped memory is charged its page faults (at
+    least one per 2 MiB, even where the OS gives huge pages), one that maps nothing is not."""
+    import mmap
+
+    def toucher(logits, labels):
+        fresh = mmap.mmap(-1, 64 << 20)
+        for offset in range(0, 64 << 20, 4096):
+            fresh[offset] = 1
+        fresh.close()
+        return (logits * 1.0).sum()
+
+    def idle(logits, labels):
+        return (logits * 1.0).sum()
+
+    input_sets = [(torch.randn(1, 3, 2, requires_grad=True), torch.zeros(1, 3, dtype=torch.long))]
+    faults = {}
+    times = timing.time_interleaved({"toucher": toucher, "idle": idle}, ["forward"], input_sets, "cpu", warmup=1, repeats=3, max_seconds=60, min_repeats=1, page_faults=faults)
+    assert {pair: len(t) for pair, t in times.items()} == {pair: len(f) for pair, f in faults.items()}
+    assert min(faults[("toucher", "forward")]) >= 32
+    assert max(faults[("idle", "forward")]) < 32
+
+
+def test_markdown_table_shows_page_faults_only_where_counted():
+    def row(faults):
+        return dict(provider="fused", mode="forward", N=2, A=100, C=8, dtype="float32", median_ms=1.0, p20_ms=0.9, p80_ms=1.1, peak_extra_mib=0.0, achieved_gbps=1.0, floor_fraction=0.5, page_faults_per_call=faults)
+
+    cpu = table.markdown_table([row(812.4)]).splitlines()
+    assert "| page faults/call |" in cpu[0] and "| 812 |" in cpu[2]
+    cuda = table.markdown_table([row(None)]).splitlines()
+    assert "page faults" not in cuda[0] and cuda[0].count("|") == cuda[2].count("|")
 
 
 def test_noise_warnings_flag_a_forward_slower_than_forward_backward():

@@ -37,6 +37,7 @@ CSV_COLUMNS = [
     "loss_rel_err",
     "grad_rel_err",
     "timing",
+    "page_faults_per_call",
 ]
 
 

@@ -128,18 +128,21 @@ def time_point(args, point, input_sets, passed, built, common, copy_bw):
     fns = {name: built[name] for name in passed}
     if not fns:
         return []
-    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats, args.cuda_timing)
+    faults = {}
+    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats, args.cuda_timing, page_faults=faults)
     rows = []
     for mode in args.modes:
         for name, (loss, loss_err, grad_err) in passed.items():
             row = dict(common, provider=name, mode=mode, N=N, A=A, C=C, dtype=dtype_name, layout=PROVIDERS[name].layout, input_sets=len(input_sets), warmup=args.warmup)
             peak = memory.peak_bytes(fns[name], *input_sets[0], mode, args.device)
             row.update(figures(times[(name, mode)], peak, floor.floor_bytes(mode, *input_sets[0]), copy_bw))
-            row.update(memory_method=memory.method(args.device), loss=loss, loss_rel_err=loss_err, grad_rel_err=grad_err)
+            counts = faults.get((name, mode))
+            row.update(memory_method=memory.method(args.device), loss=loss, loss_rel_err=loss_err, grad_rel_err=grad_err, page_faults_per_call=sum(counts) / len(counts) if counts else None)
             rows.append(row)
             print(
                 f"{name:>22} N={N} A={A} C={C} {dtype_name} {mode:<16} median {row['median_ms']:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {row['repeats']} runs)"
                 f"  peak extra {row['peak_extra_mib']:8.1f} MiB  {row['achieved_gbps']:6.1f} GB/s ({100 * row['floor_fraction']:.1f}% of copy)"
+                + (f"  {row['page_faults_per_call']:.0f} page faults/call" if counts else "")
             )
     return rows
 

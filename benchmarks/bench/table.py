@@ -26,12 +26,13 @@ def point_key(row):
 def markdown_table(rows):
     """One line per row, rows grouped by size, dtype and mode; the spread (p20-p80) stands
     beside each median, and `fused speedup` = this provider's median / fused's median on the
-    same mode, size and dtype in this run."""
+    same mode, size and dtype in this run. CPU runs add each row's page faults per call."""
     order = {name: i for i, name in enumerate(PROVIDERS)}
     modes = {m: i for i, m in enumerate(MODES)}
     rows = sorted(rows, key=lambda r: (r["N"], r["A"], r["C"], r["dtype"], modes[r["mode"]], order.get(r["provider"], len(order))))
     fused = {point_key(r): r["median_ms"] for r in rows if r["provider"] == "fused"}
-    head = "| mode | N | A | C | dtype | provider | median ms | p20-p80 ms | peak extra MiB | GB/s | floor % | fused speedup |"
+    faults = any(r.get("page_faults_per_call") is not None for r in rows)
+    head = "| mode | N | A | C | dtype | provider | median ms | p20-p80 ms | peak extra MiB |" + (" page faults/call |" if faults else "") + " GB/s | floor % | fused speedup |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         key = point_key(r)
@@ -46,12 +47,17 @@ def markdown_table(rows):
             fmt(r["median_ms"]),
             f"{fmt(r['p20_ms'])}-{fmt(r['p80_ms'])}",
             fmt(r["peak_extra_mib"]),
+            *([fmt_count(r.get("page_faults_per_call"))] if faults else []),
             fmt(r["achieved_gbps"]),
             fmt(100 * r["floor_fraction"], 2),
             speedup,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fmt_count(value):
+    return "-" if value is None else f"{value:.0f}"
 
 
 def headline(rows, mode="forward_backward"):

@@ -5,6 +5,11 @@ import time
 
 import torch
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 MODES = ("forward", "forward_backward")
 
 
@@ -51,13 +56,22 @@ def timing_label(device, cuda_timing):
     return f"cuda_{cuda_timing}" if device == "cuda" else "host"
 
 
+def minor_page_faults():
+    """The process's minor page faults so far (all its threads), or None where the OS does not
+    say. On the CPU most of them are the first touches of freshly mapped memory, which the OS
+    zeroes: a call whose output is mapped anew pays them, one whose output reuses freed heap
+    does not (glibc maps blocks above 32 MiB anew unless that much free heap is at hand)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else None
+
+
 class Round:
-    """One round's timed calls: host wall clock on the CPU; CUDA events on the GPU, read once
-    the round is done (idle: the device synchronized before each call)."""
+    """One round's timed calls: host wall clock on the CPU, with the page faults each call
+    took; CUDA events on the GPU, read once the round is done (idle: the device synchronized
+    before each call)."""
 
     def __init__(self, device, cuda_timing):
         self.device, self.queued = device, device == "cuda" and cuda_timing == "queued"
-        self.host_ms, self.events = [], []
+        self.host_ms, self.events, self.faults = [], [], []
         if self.queued:
             torch.cuda.synchronize()
             torch.cuda._sleep(QUEUE_HEAD_START_CYCLES)
@@ -65,9 +79,12 @@ class Round:
     def time(self, key, fn, logits, labels, mode):
         """Runs and times one call of fn, under `key`."""
         if self.device != "cuda":
+            f0 = minor_page_faults()
             t0 = time.perf_counter()
             out = run_once(fn, logits, labels, mode)
             self.host_ms.append((key, (time.perf_counter() - t0) * 1e3))
+            if f0 is not None:
+                self.faults.append((key, minor_page_faults() - f0))
             del out
             return
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -86,14 +103,15 @@ class Round:
         return self.host_ms + [(key, start.elapsed_time(end)) for key, start, end in self.events]
 
 
-def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued"):
+def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued", page_faults=None):
     """Per-call times in ms, {(name, mode): [ms, ...]}, of every provider in `fns` ({name: fn})
     in every mode. After `warmup` untimed calls of each, the timed calls go round all the
     (provider, mode) pairs in turn (round i on input set i mod K), so that a slow spell of the
     machine hits all of them alike instead of the one measured then: on a loaded machine a
     provider's forward can otherwise come out slower than its forward+backward. A pair stops
     after `repeats` calls, or earlier, once it has `min_repeats` and its calls add up to more
-    than `max_seconds`. On CUDA, `cuda_timing` (CUDA_TIMINGS) says how a call is timed."""
+    than `max_seconds`. On CUDA, `cuda_timing` (CUDA_TIMINGS) says how a call is timed. On the
+    CPU a dict passed as `page_faults` receives each pair's minor page faults per timed call."""
     if cuda_timing not in CUDA_TIMINGS:
         raise ValueError(f"cuda_timing must be one of {CUDA_TIMINGS}, got {cuda_timing!r}")
     pairs = [(name, mode) for mode in modes for name in fns]
@@ -114,6 +132,9 @@ def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_second
         for pair, elapsed in timed.finish():
             times[pair].append(elapsed)
             spent[pair] += elapsed / 1e3
+        if page_faults is not None:
+            for pair, count in timed.faults:
+                page_faults.setdefault(pair, []).append(count)
         i += 1
         active = [p for p in active if len(times[p]) < repeats and not (len(times[p]) >= min_repeats and spent[p] > max_seconds)]
     return times
