@@ -51,7 +51,7 @@ constexpr int64_t kMergesPerTask = 1 << 14;
 // The elements [begin, end) of one group, classified. `neg` is 1 for a negative and 0
 // otherwise; `pos_index` lists the positions (relative to begin) of the positives. One
 // ChunkKinds serves a thread's consecutive chunks: rather than refilling `neg` with ones for
-// every chunk (a third of the classification's time), it keeps the few zeros it wrote (the
+// every chunk (60% of the classification's time), it keeps the few zeros it wrote (the
 // positives and the spans of ignored anchors) and sets only those back to one.
 struct ChunkKinds {
   int32_t neg[kChunk];
