@@ -7,7 +7,7 @@ import torch
 
 try:
     import resource
-except ImportError:  # not on Windows
+except ImportError:  # Windows has no resource module
     resource = None
 
 MODES = ("forward", "forward_backward")
