@@ -59,17 +59,15 @@ struct ChunkKinds {
   int64_t num_pos = 0;
   int32_t ignored_begin[kChunk], ignored_end[kChunk];
   int64_t num_ignored = 0;
-  int64_t ones = 0;  // neg[0, ones) is 1 but for the zeros listed above
 
-  void reset(int64_t n) {
+  ChunkKinds() { std::fill(neg, neg + kChunk, 1); }
+
+  // Back to all negatives: sets back the zeros the previous chunk wrote.
+  void reset() {
     for (int64_t k = 0; k < num_ignored; ++k) {
       std::fill(neg + ignored_begin[k], neg + ignored_end[k], 1);
     }
     for (int64_t k = 0; k < num_pos; ++k) neg[pos_index[k]] = 1;
-    if (n > ones) {
-      std::fill(neg + ones, neg + n, 1);
-      ones = n;
-    }
     num_pos = 0;
     num_ignored = 0;
   }
@@ -80,7 +78,7 @@ DRLOSS_CPU_CLONES void classify_chunk(const label_t* group_labels, int64_t begin
                                       int64_t classes, int64_t first_label, ChunkKinds& kinds) {
   // Every element starts as a negative; the anchor loop then clears the rare ignored anchors
   // and the positives, instead of filling each anchor's short range itself.
-  kinds.reset(end - begin);
+  kinds.reset();
   for (int64_t anchor = begin / classes; anchor * classes < end; ++anchor) {
     const label_t label = group_labels[anchor];
     if (label < 0) {
