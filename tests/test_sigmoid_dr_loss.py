@@ -5,6 +5,7 @@ call runs with DRLOSS_POISON_OUTPUTS=1, so the ops fill their outputs with NaN b
 kernels write them: an element a kernel forgets to write fails the comparison.
 """
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -485,16 +486,23 @@ def test_bitwise_deterministic_across_runs(device, generator):
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's intra-op thread count set to n inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bitwise_deterministic_across_thread_counts(generator):
     logits, labels = make_inputs((3, 5000, 20), "cpu")
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
+    results = []
+    for n in (1, 2, 3):
+        with num_threads(n):
             results.append(loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none"))
-    finally:
-        torch.set_num_threads(threads)
     for loss, grad in results[1:]:
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
 
@@ -511,12 +519,8 @@ def test_one_chunks_labels_do_not_leak_into_the_next(generator, C):
     labels = torch.where(run % 3 == 0, -1, torch.where(run % 3 == 1, 0, C)).repeat(3, 1)
     labels[1] = labels[1].roll(A // 3)
     logits = torch.randn(3, A, C, dtype=torch.float64) * 3
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with num_threads(1):
         assert_matches_float64(logits.float(), labels, reduction="none")
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_module_matches_functional(device, generator):

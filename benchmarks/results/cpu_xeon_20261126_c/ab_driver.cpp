@@ -5,7 +5,8 @@
 // shared host's speed changes touch every variant alike. The variant is read by the kernels
 // from the global drloss_exp_flags, which only a patched build has (ab_switch_classify.patch).
 //
-// Build (from the repository root, torch 2.13.0 CPU venv active):
+// Build (from the repository root at commit c27a3ba, which the patch is written against; torch
+// 2.13.0 CPU venv active):
 //   git apply benchmarks/results/cpu_xeon_20261126_c/ab_switch_classify.patch
 //   MAX_JOBS=2 DRLOSS_CPU_ONLY=1 python setup.py build_ext --inplace && git apply -R <same patch>
 //   TP=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")
