@@ -17,7 +17,7 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import benchmark  # noqa: E402
-from bench import checks, memory, options, peers, providers, table, timing  # noqa: E402
+from bench import checks, memory, options, pace, peers, providers, table, timing  # noqa: E402
 from bench.csv_rows import CSV_COLUMNS, append_csv  # noqa: E402
 from bench.inputs import make_inputs  # noqa: E402
 
@@ -45,6 +45,7 @@ def check_rows(rows, names, modes, sizes):
         peak = float(r["peak_extra_mib"])
         assert math.isfinite(peak) and peak >= 0, r
         assert float(r["page_faults_per_call"]) >= 0, r
+        assert math.isfinite(float(r["arithmetic_pace_ns"])) and float(r["arithmetic_pace_ns"]) > 0, r
         assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"]), r
         assert float(r["min_ms"]) <= float(r["p20_ms"]), r
         assert int(r["repeats"]) >= 1 and int(r["threads"]) >= 1
@@ -74,6 +75,20 @@ def test_quick_run_writes_well_formed_rows(tmp_path):
     assert table[0].startswith("| mode | N | A | C | dtype | provider | median ms | p20-p80 ms |")
     assert all(line.startswith("| ") for line in table[2:])
     assert not (out / "benchmark_cpu.log").exists()  # --quick writes no log unless asked
+    # The machine's state at the start and at the end, the pace at the start as in the rows.
+    lines = result.stdout.splitlines()
+    start_pace = [line for line in lines if line.startswith("arithmetic pace: ")]
+    assert len(start_pace) == 1 and f"{float(rows[0]['arithmetic_pace_ns']):.3f} ns per element" in start_pace[0]
+    assert sum(line.startswith("arithmetic pace at the end: ") for line in lines) == 1
+    assert sum(line.startswith("copy bandwidth at the end: ") for line in lines) == 1
+
+
+def test_arithmetic_pace_is_a_cpu_figure():
+    """The pace probe times the fused forward on the CPU (ns per element, positive) and says
+    nothing for a GPU run."""
+    assert pace.arithmetic_pace("cuda") is None
+    ns = pace.arithmetic_pace("cpu")
+    assert math.isfinite(ns) and 0 < ns < 1e4
 
 
 def resolve(argv):

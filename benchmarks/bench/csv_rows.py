@@ -38,6 +38,7 @@ CSV_COLUMNS = [
     "grad_rel_err",
     "timing",
     "page_faults_per_call",
+    "arithmetic_pace_ns",
 ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import floor, machine, memory
+from . import floor, machine, memory, pace
 from .checks import CheckFailed, check_provider, reference_loss_and_grad
 from .csv_rows import append_csv
 from .inputs import DTYPES, IGNORED_FRACTION, POSITIVE_FRACTION, make_inputs
@@ -30,6 +30,9 @@ def run(args):
     copy_bytes = floor.copy_bytes(args.device)
     copy_bw = floor.copy_bandwidth(args.device, copy_bytes)
     print(f"copy bandwidth ({copy_bytes >> 20} MiB device-to-device, read + write): {copy_bw / 1e9:.1f} GB/s")
+    common["arithmetic_pace_ns"] = pace.arithmetic_pace(args.device)
+    if common["arithmetic_pace_ns"] is not None:
+        print(f"arithmetic pace: {pace.describe(common['arithmetic_pace_ns'])}")
     print()
 
     generator = torch.Generator(device=args.device).manual_seed(seed)
@@ -47,7 +50,7 @@ def run(args):
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
-    report(args, common, outcome)
+    report(args, common, outcome, copy_bw)
     return 1 if outcome.failures else 0
 
 
@@ -196,9 +199,11 @@ def figures(times_ms, peak, floor_bytes, copy_bw):
     )
 
 
-def report(args, common, outcome):
+def report(args, common, outcome, copy_bw):
     """Where the rows went, the plots, what was skipped or failed, the headline, the warnings
-    on noisy figures and, last, the table."""
+    on noisy figures, the machine's load, copy bandwidth and arithmetic pace at the end against
+    the start (a run whose pace changed on the way has figures from two machines, in effect)
+    and, last, the table."""
     rows = outcome.rows
     if rows:
         print(f"\n{len(rows)} rows appended to {args.csv}")
@@ -220,5 +225,10 @@ def report(args, common, outcome):
         print("\nnoisy timings (the machine was busy; rerun on a quiet machine before quoting them):")
         print("\n".join(warnings))
     print(f"load average at the end: {machine.load_average()} (at the start: {common['load_avg_1m']})")
+    copy_bw_end = floor.copy_bandwidth(args.device, floor.copy_bytes(args.device))
+    print(f"copy bandwidth at the end: {copy_bw_end / 1e9:.1f} GB/s (at the start: {copy_bw / 1e9:.1f})")
+    pace_end = pace.arithmetic_pace(args.device) if common["arithmetic_pace_ns"] is not None else None
+    if pace_end is not None:
+        print(f"arithmetic pace at the end: {pace_end:.3f} ns per element (at the start: {common['arithmetic_pace_ns']:.3f})")
     print()
     print(markdown_table(rows))
