@@ -163,9 +163,18 @@ def test_cuda_timing_option():
         timing.time_interleaved({}, timing.MODES, [], "cpu", 0, 1, 1.0, 1, cuda_timing="fast")
 
 
-def _inputs(N=2, A=700, C=6):
-    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
-    return make_inputs(N, A, C, torch.float32, "cpu", generator)
+def _inputs(seed, A=700, C=6):
+    """Two images of the benchmark's synthetic mix, drawn from `seed` (the `generator`
+    fixture's, printed), made unlike by construction so that a wrong loss definition cannot
+    agree with the right one by chance: image 0 has at least 8 positives (its first 8 anchors;
+    several positives are what make a positives' temperature matter), image 1 none (its
+    positive anchors turned to background). With both images' positive counts left to the
+    draw, a pooled loss passed the per-image check about once in 2,300 draws (equal counts),
+    and a wrong pos_lambda about once in 20,000 (at most one positive per image)."""
+    logits, labels = make_inputs(2, A, C, torch.float32, "cpu", torch.Generator().manual_seed(seed))
+    labels[0, :8] = torch.arange(8) % C
+    labels[1] = torch.where((labels[1] >= 0) & (labels[1] < C), C, labels[1])
+    return logits, labels
 
 
 def test_timing_interleaves_providers_and_modes():
@@ -263,8 +272,8 @@ def test_cpu_kernel_profile_prints_a_line_per_point_and_op(bounds):
                 assert "ns/elem" in row and "% of copy" in row
 
 
-def test_check_accepts_the_fused_loss():
-    logits, labels = _inputs()
+def test_check_accepts_the_fused_loss(generator):
+    logits, labels = _inputs(generator)
     expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
     fused = providers.build_fused()
     loss, loss_err, grad_err = checks.check_provider("fused", fused, logits, labels, expected, checks.FUSED_TOLERANCES[torch.float32])
@@ -284,16 +293,16 @@ def test_check_accepts_the_fused_loss():
         pytest.param(lambda fused: (lambda x, y: 0.5 * (fused(x[:1], y[:1]) + fused(x[1:].detach(), y[1:]))), id="one-image-without-gradient"),
     ],
 )
-def test_check_rejects_a_wrong_provider(wrong):
-    logits, labels = _inputs()
+def test_check_rejects_a_wrong_provider(wrong, generator):
+    logits, labels = _inputs(generator)
     expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
     with pytest.raises(checks.CheckFailed):
         checks.check_provider("wrong", wrong(providers.fused_loss()), logits, labels, expected, checks.FUSED_TOLERANCES[torch.float32])
 
 
-def test_check_rejects_a_wrong_focal_loss():
+def test_check_rejects_a_wrong_focal_loss(generator):
     """At the peers' looser tolerance too."""
-    logits, labels = _inputs()
+    logits, labels = _inputs(generator)
     expected = checks.reference_loss_and_grad("focal", "per_image", logits, labels)
 
     tolerances = providers.PROVIDERS["focal"].tolerances[torch.float32]
@@ -307,9 +316,8 @@ def test_check_rejects_a_wrong_focal_loss():
         checks.check_provider("focal", wrong_alpha, logits, labels, expected, tolerances)
 
 
-def test_check_rejects_a_wrong_dense_peer_at_the_peer_tolerance():
-
-    logits, labels = _inputs()
+def test_check_rejects_a_wrong_dense_peer_at_the_peer_tolerance(generator):
+    logits, labels = _inputs(generator)
     expected = checks.reference_loss_and_grad("dr", "per_image", logits, labels)
     tolerances = providers.PROVIDERS["dense_masked"].tolerances[torch.float32]
     checks.check_provider("dense", lambda x, y: peers.dense_masked_dr_loss(x, y), logits, labels, expected, tolerances)
