@@ -196,10 +196,16 @@ def _ddp_compute(rank, data):
 def test_ddp_matches_single_process(tmp_path, generator):
     n = 4
     head = _head()
+    labels = torch.randint(-1, C + 1, (n, A))
+    # The lone image of rank 1 all background: its loss (E_pos = 1 by convention) is then unlike
+    # the others' by construction, so that the naive average below cannot match the global mean
+    # by chance (with its labels drawn too, it came within 1e-6 about once in 50,000 draws; now
+    # the gap was at least 8.7% over 20,000).
+    labels[3] = C
     data = {
         "state": head.state_dict(),
         "features": torch.randn(n, F, dtype=torch.float64),
-        "labels": torch.randint(-1, C + 1, (n, A)),
+        "labels": labels,
         "split": [0, 3, 4],  # unequal on purpose: 3 images and 1 image
     }
     torch.save(data, tmp_path / "ddp.pt")
