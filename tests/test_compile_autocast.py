@@ -186,13 +186,17 @@ def test_autocast_training_step(device, dtype, generator):
 
     assert relative_error(low_logits.grad, ref_logits.grad) < (2e-2 if low else 5e-3)
     # The parameters' gradients also carry autocast's low-precision convolutions (forward and
-    # backward; a ReLU input near 0 can change sign), on these tiny random inputs up to 12%
-    # relative norm error in bf16 and 8% in fp16 over 60 seeds (medians 0.5% and 0.07%; a loss
-    # scale does not change it, so it is rounding, not underflow): a loose check that they are
-    # the same gradients, not a precision claim about the loss.
-    for g, r in zip(low_grads, ref_grads):
+    # backward). Over 4,000 seeds on the CPU the last layer's (cls) differed from the float32
+    # run by at most 0.75% in relative norm error in bf16 (0.1% in fp16), with a light tail.
+    # The first layer's (conv) errors have a heavy tail, since a ReLU input near 0 can change
+    # sign: medians 0.5% and 0.07%, maxima 21% and 17% (a loss scale does not change them, so it
+    # is rounding, not underflow; the former bound of 0.2 for all of fp16's was estimated to
+    # fail about once in 100,000 runs). For conv this is a loose check that they are the same
+    # gradients, not a precision claim.
+    for (name, _), g, r in zip(model.named_parameters(), low_grads, ref_grads):
         assert g.dtype == torch.float32  # parameters stay float32 under autocast
-        assert relative_error(g, r) < (0.3 if low else 0.2)
+        bound = 0.6 if name.startswith("conv.") else (3e-2 if low else 5e-3)
+        assert relative_error(g, r) < bound, name
 
     # The fused loss under autocast matches the reference on the same low-precision logits.
     ref_low = drloss_cuda.reference.sigmoid_dr_loss(low_logits.detach(), labels)
