@@ -56,6 +56,8 @@ export PY
 [ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
 CPU_MODE=${DEVICE_CHECK_CPU:-0}
 DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
+# The property tests' fixed examples: a device session is too short to chase a new random case.
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 
 # ---------------------------------------------------------------------------------------------
 # Step bodies: run in a child bash under `timeout` (bash gpu_check.sh --step NAME). Exit 0 is ok,
