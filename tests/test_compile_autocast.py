@@ -192,11 +192,11 @@ def test_autocast_training_step(device, dtype, generator):
     # sign: medians 0.5% and 0.07%, maxima 21% and 17% (a loss scale does not change them, so it
     # is rounding, not underflow; the former bound of 0.2 for all of fp16's was estimated to
     # fail about once in 100,000 runs). For conv this is a loose check that they are the same
-    # gradients, not a precision claim.
+    # gradients, not a precision claim; cls gets 3% in both dtypes, room for a float32 run
+    # whose convolutions use TF32 (on CUDA, by default), as rounded as float16's.
     for (name, _), g, r in zip(model.named_parameters(), low_grads, ref_grads):
         assert g.dtype == torch.float32  # parameters stay float32 under autocast
-        bound = 0.6 if name.startswith("conv.") else (3e-2 if low else 5e-3)
-        assert relative_error(g, r) < bound, name
+        assert relative_error(g, r) < (0.6 if name.startswith("conv.") else 3e-2), name
 
     # The fused loss under autocast matches the reference on the same low-precision logits.
     ref_low = drloss_cuda.reference.sigmoid_dr_loss(low_logits.detach(), labels)
