@@ -30,7 +30,8 @@ def run(args):
     copy_bytes = floor.copy_bytes(args.device)
     copy_bw = floor.copy_bandwidth(args.device, copy_bytes)
     print(f"copy bandwidth ({copy_bytes >> 20} MiB device-to-device, read + write): {copy_bw / 1e9:.1f} GB/s")
-    common["arithmetic_pace_ns"] = pace.arithmetic_pace(args.device)
+    kernels_load = fused_unavailable(("fused",), args.device) is None
+    common["arithmetic_pace_ns"] = pace.arithmetic_pace(args.device) if kernels_load else None
     if common["arithmetic_pace_ns"] is not None:
         print(f"arithmetic pace: {pace.describe(common['arithmetic_pace_ns'])}")
     print()
