@@ -18,6 +18,7 @@ import torch
 
 from conftest import cuda_skip_reason
 from tolerances import (
+    DEFAULTS,
     assert_elementwise,
     assert_grad_close,
     assert_half_grad_close,
@@ -37,7 +38,6 @@ if _SKIP is None:  # importing the ops needs the compiled extension
     from drloss_cuda import reference, sigmoid_dr_loss
     from drloss_cuda.ops import backward_op, forward_op
 
-DEFAULTS = dict(pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, tau=4.0, margin=0.5)
 HYPER = (DEFAULTS["pos_lambda"], DEFAULTS["neg_lambda"], DEFAULTS["L"], DEFAULTS["tau"], DEFAULTS["margin"])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 HALF = (torch.float16, torch.bfloat16)

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 import drloss_cuda
 from drloss_cuda import reference
 from drloss_cuda.distributed import global_mean_scale
+from tolerances import DEFAULTS, assert_grad_close, assert_loss_close, dense_float64
 
 WORLD = 2
 
@@ -106,23 +107,29 @@ def test_pooled_process_group_matches_single_process(tmp_path, generator):
 
     for i, case in enumerate(cases):
         dtype = case["logits"].dtype
-        tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-7}
-        ref_x = case["logits"].clone().requires_grad_(True)
-        ref_loss = reference.sigmoid_dr_loss(ref_x, case["labels"], **case["hyper"])
-        ref_loss.backward()
-        fused_x = case["logits"].clone().requires_grad_(True)
-        fused_loss = drloss_cuda.sigmoid_dr_loss(fused_x, case["labels"], **case["hyper"])
-        fused_loss.backward()
-
-        for rank in range(WORLD):
-            got = per_rank[rank][i]
-            assert got["loss"].dtype == ref_loss.dtype
-            torch.testing.assert_close(got["loss"], ref_loss.detach(), **tol, msg=f"case {i} rank {rank} loss")
-            torch.testing.assert_close(got["loss"], fused_loss.detach(), **tol, msg=f"case {i} rank {rank} loss")
         grad = torch.cat([per_rank[r][i]["grad"] for r in range(WORLD)])
         assert grad.shape == case["logits"].shape and grad.dtype == dtype
-        torch.testing.assert_close(grad, ref_x.grad, **tol, msg=f"case {i} grad vs reference")
-        torch.testing.assert_close(grad, fused_x.grad, **tol, msg=f"case {i} grad vs fused")
+        for rank in range(WORLD):
+            assert per_rank[rank][i]["loss"].dtype == dtype
+        if dtype == torch.float64:
+            # To rounding against the single-process fused loss and the reference.
+            for loss_fn in (drloss_cuda.sigmoid_dr_loss, reference.sigmoid_dr_loss):
+                x = case["logits"].clone().requires_grad_(True)
+                want = loss_fn(x, case["labels"], **case["hyper"])
+                want.backward()
+                for rank in range(WORLD):
+                    torch.testing.assert_close(per_rank[rank][i]["loss"], want.detach(), rtol=1e-10, atol=1e-12,
+                                               msg=f"case {i} rank {rank} loss vs {loss_fn.__module__}")
+                torch.testing.assert_close(grad, x.grad, rtol=1e-10, atol=1e-12, msg=f"case {i} grad vs {loss_fn.__module__}")
+        else:
+            # float32: the two processes' partial sums merge in another order than one process's,
+            # so compare with float64 to the documented accuracy, element by element.
+            hyper = {**DEFAULTS, "first_label": 0, **case["hyper"]}
+            want = dense_float64(case["logits"], case["labels"], **hyper)
+            for rank in range(WORLD):
+                assert_loss_close(per_rank[rank][i]["loss"], want.losses[0], dtype, hyper["L"], hyper["pos_lambda"],
+                                  hyper["neg_lambda"], what=f"case {i} rank {rank} loss")
+            assert_grad_close(grad, want.grad, dtype, want.bound, what=f"case {i} gradient")
         if (case["labels"] < 0).all():
             assert torch.all(grad == 0)
 

@@ -18,9 +18,8 @@ import drloss_cuda
 import drloss_cuda.ops
 from conftest import DEVICES
 from drloss_cuda import SigmoidDRLoss, reference, sigmoid_dr_loss
-from tolerances import assert_grad_close, assert_half_grad_close, assert_loss_close, dense_float64
+from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close, dense_float64
 
-DEFAULTS = dict(pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, tau=4.0, margin=0.5)
 HYPER_NAMES = ("pos_lambda", "neg_lambda", "L", "tau", "margin", "first_label")
 
 

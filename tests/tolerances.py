@@ -55,6 +55,9 @@ ELEMENT_FACTOR = 16.0
 
 LOG2E = 1.0 / math.log(2.0)
 
+# The loss's default hyperparameters (docs/design.md, "The math"), for the tests' float64 evaluations.
+DEFAULTS = dict(pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, tau=4.0, margin=0.5)
+
 # The loss in float32 is within 1e-6 relative of float64 (docs/design.md, "Accuracy") for L <= 6;
 # its sensitivity to the expectations grows with L (dloss/dd / loss <= L), so beyond L = 6 the
 # bound grows with L. float64 is checked to rounding.
@@ -69,7 +72,7 @@ def accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def loss_rtol(dtype, L=6.0, pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5)):
+def loss_rtol(dtype, L=DEFAULTS["L"], pos_lambda=DEFAULTS["pos_lambda"], neg_lambda=DEFAULTS["neg_lambda"]):
     """Relative tolerance of a loss computed from `dtype` logits, against float64 on the same
     (rounded) logits: the kernels accumulate in float32 (float64 for float64 logits). The loss
     moves by at most L times the error of d (dloss/dd / loss <= L), and a float64 evaluation of
@@ -78,7 +81,7 @@ def loss_rtol(dtype, L=6.0, pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5)):
     return LOSS_RTOL[accumulate_dtype(dtype)] * max(1.0, L / 6.0) + float64_reference
 
 
-def assert_loss_close(got, want, dtype, L=6.0, pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), what="loss"):
+def assert_loss_close(got, want, dtype, L=DEFAULTS["L"], pos_lambda=DEFAULTS["pos_lambda"], neg_lambda=DEFAULTS["neg_lambda"], what="loss"):
     """got (kernel, any dtype) against want (float64), element by element, relative."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     assert got.shape == want.shape, f"{what}: shape {list(got.shape)} != {list(want.shape)}"
