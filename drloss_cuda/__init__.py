@@ -2,11 +2,11 @@
 
     from drloss_cuda import SigmoidDRLoss, sigmoid_dr_loss
 
-`drloss_cuda.reference` is a pure-PyTorch implementation with the same signature. It imports
-without the compiled extension, as do the prior helpers (`init_classifier_prior`, `prior_bias`);
-the fused names load the extension on first use. Detector integrations live in
-`drloss_cuda.integrations` (torchvision, mmdet, detectron2), each importing its framework only
-when imported itself.
+`drloss_cuda.reference` is a pure-PyTorch implementation with the same signature (less
+`process_group`). It imports without the compiled extension, as do the prior helpers
+(`init_classifier_prior`, `prior_bias`); the fused names load the extension on first use.
+Detector integrations live in `drloss_cuda.integrations` (torchvision, mmdet, detectron2), each
+importing its framework only when imported itself.
 """
 
 from . import reference

@@ -23,6 +23,8 @@ DEFAULT_MARGIN = 0.5
 # than 6e-4, the softmax is a max to float32 precision and its float32 gradient loses its
 # meaning. Up to it the kernels match a float64 evaluation (tests/test_properties.py).
 MIN_LAMBDA = 1e-4
+# Formatted once: torch.compile cannot trace a format spec inside a message.
+MIN_LAMBDA_TEXT, MAX_SCALE_TEXT = f"{MIN_LAMBDA:g}", f"{1 / MIN_LAMBDA:g}"
 
 # Labels are int64 in the kernels and first_label is compared with them.
 MAX_FIRST_LABEL = 2**63 - 1
@@ -93,9 +95,33 @@ def check_reduction(reduction):
         raise ValueError(f"sigmoid_dr_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def check_is_tensor(name, value):
+def check_dense_tensor(name, value):
+    """logits and labels: tensors with strided memory, which the kernels read (sparse, nested,
+    quantized and MKL-DNN tensors would otherwise fail deep in the dispatcher)."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"sigmoid_dr_loss: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_nested or value.is_quantized:
+        kind = "nested" if value.is_nested else "quantized" if value.is_quantized else str(value.layout)
+        raise TypeError(f"sigmoid_dr_loss: {name} must be a dense tensor (torch.strided layout), got a {kind} tensor")
+
+
+def check_reverse_mode(logits):
+    """The op has a reverse-mode formula only. A forward-mode tangent on logits would otherwise
+    be dropped without a word (torch gives the loss no tangent, which reads as zero)."""
+    if torch.autograd.forward_ad.unpack_dual(logits).tangent is not None:
+        raise NotImplementedError(
+            "sigmoid_dr_loss: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, torch.func.jacfwd) "
+            "is not supported: the fused op has a reverse-mode formula only. Use loss.backward() or "
+            "torch.autograd.grad, or drloss_cuda.reference.sigmoid_dr_loss for forward mode"
+        )
+
+
+def number_text(value):
+    """A number for a message. Under torch.compile a traced (symbolic) number cannot be formatted,
+    so the message leaves it out there; run the call eagerly to see it."""
+    if torch.compiler.is_compiling():
+        return "a value outside that range"
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _scalar_tensor(name, value, kind):
@@ -107,6 +133,8 @@ def _scalar_tensor(name, value, kind):
         )
     if value.dim() != 0:
         raise ValueError(f"sigmoid_dr_loss: {name} must be {kind} or a 0-dim tensor, got a tensor of shape {shape_text(value.shape)}")
+    if value.device.type == "meta":
+        raise ValueError(f"sigmoid_dr_loss: {name} is a meta tensor, which holds no value: pass {kind} or a tensor with data")
 
 
 def as_float_hyperparameter(name, value):
@@ -118,7 +146,10 @@ def as_float_hyperparameter(name, value):
         return float(value)  # a host sync for a CUDA tensor
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"sigmoid_dr_loss: {name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ValueError(f"sigmoid_dr_loss: {name} must be a finite number, got an integer of {value.bit_length()} bits") from None
 
 
 def as_first_label(value):
@@ -140,9 +171,9 @@ def as_first_label(value):
 
 def check_first_label(first_label):
     if first_label < 0:
-        raise ValueError(f"sigmoid_dr_loss: first_label must be >= 0 (negative labels mean 'ignore'), got {first_label}")
+        raise ValueError(f"sigmoid_dr_loss: first_label must be >= 0 (negative labels mean 'ignore'), got {number_text(first_label)}")
     if first_label > MAX_FIRST_LABEL:
-        raise ValueError(f"sigmoid_dr_loss: first_label must be <= 2**63 - 1 (labels are int64), got {first_label}")
+        raise ValueError(f"sigmoid_dr_loss: first_label must be <= 2**63 - 1 (labels are int64), got {number_text(first_label)}")
 
 
 def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_label):
@@ -151,15 +182,15 @@ def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_la
     every comparison with NaN is false.)"""
     for name, value in zip(POSITIVE_HYPERPARAMETERS, (pos_lambda, neg_lambda, L, tau)):
         if not 0 < value < math.inf:
-            raise ValueError(f"sigmoid_dr_loss: {name} must be a positive finite number, got {value:g}")
+            raise ValueError(f"sigmoid_dr_loss: {name} must be a positive finite number, got {number_text(value)}")
         if name in LAMBDAS and value < MIN_LAMBDA:
             raise ValueError(
-                f"sigmoid_dr_loss: {name} must be >= {MIN_LAMBDA:g} (an exponent scale 1/{name} "
-                f"above {1 / MIN_LAMBDA:g} makes the softmax a max to float32 precision), got {value:g}"
+                f"sigmoid_dr_loss: {name} must be >= {MIN_LAMBDA_TEXT} (an exponent scale 1/{name} "
+                f"above {MAX_SCALE_TEXT} makes the softmax a max to float32 precision), got {number_text(value)}"
             )
     check_first_label(first_label)
     if not -math.inf < margin < math.inf:
-        raise ValueError(f"sigmoid_dr_loss: margin must be a finite number, got {margin:g}")
+        raise ValueError(f"sigmoid_dr_loss: margin must be a finite number, got {number_text(margin)}")
 
 
 def hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label):

@@ -103,17 +103,23 @@ class PooledDRLoss(torch.autograd.Function):
         return (grad_logits,) + (None,) * 8
 
 
-def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
-    """The per-group losses ([1]) of the pooled group spread over `process_group`."""
-    if logits.dim() != 2:
-        raise ValueError(
-            "sigmoid_dr_loss: with a process_group, logits must be pooled [M, C] (flatten the "
-            f"images: logits.flatten(0, -2), labels.flatten()), got {list(logits.shape)}"
-        )
+def check_process_group(process_group):
+    """A process_group other than None must be a ProcessGroup (checked before the tensors, and
+    by the module at construction)."""
     if not isinstance(process_group, dist.ProcessGroup):
         raise TypeError(
             "sigmoid_dr_loss: process_group must be a torch.distributed.ProcessGroup "
             f"(e.g. torch.distributed.group.WORLD), got {type(process_group).__name__}"
+        )
+
+
+def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
+    """The per-group losses ([1]) of the pooled group spread over `process_group`."""
+    check_process_group(process_group)
+    if logits.dim() != 2:
+        raise ValueError(
+            "sigmoid_dr_loss: with a process_group, logits must be pooled [M, C] (flatten the "
+            f"images: logits.flatten(0, -2), labels.flatten()), got {list(logits.shape)}"
         )
     return PooledDRLoss.apply(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group)
 

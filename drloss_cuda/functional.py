@@ -55,12 +55,19 @@ def sigmoid_dr_loss(
         The loss in float32 (float64 for float64 logits); the gradient reaches logits in
         logits' dtype.
     """
-    _common.check_is_tensor("logits", logits)
-    _common.check_is_tensor("labels", labels)
+    _common.check_dense_tensor("logits", logits)
+    _common.check_dense_tensor("labels", labels)
     _common.check_reduction(reduction)
     hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    if process_group is not None:
+        from .distributed import check_process_group
+
+        check_process_group(process_group)
     labels = _common.kernel_labels(labels)
-    _common.check_same_device(logits, labels)
+    # The op's own checks, in its order, before anything else touches the tensors: every path
+    # (this function, the reference, the op, its fake kernel) reports the same first problem.
+    _common.check_logits_and_labels(logits, labels)
+    _common.check_reverse_mode(logits)
     # One copy per call chain: the op receives (and autograd saves) contiguous tensors, so the
     # backward reads what the forward read and copies nothing. The copy is differentiable, so a
     # transposed, sliced or expanded `logits` still gets its gradient in its own layout.

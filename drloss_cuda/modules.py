@@ -27,6 +27,10 @@ class SigmoidDRLoss(nn.Module):
         check_reduction(reduction)
         # Fail at construction, not at the first training step (every call checks again).
         hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+        if process_group is not None:
+            from .distributed import check_process_group
+
+            check_process_group(process_group)
         self.pos_lambda = pos_lambda
         self.neg_lambda = neg_lambda
         self.L = L
@@ -52,7 +56,7 @@ class SigmoidDRLoss(nn.Module):
 
     def extra_repr(self):
         return (
-            f"pos_lambda={self.pos_lambda}, neg_lambda={self.neg_lambda:.6g}, L={self.L}, "
+            f"pos_lambda={self.pos_lambda}, neg_lambda={float(self.neg_lambda):.6g}, L={self.L}, "
             f"tau={self.tau}, margin={self.margin}, first_label={self.first_label}, "
             f"reduction={self.reduction!r}"
         )

@@ -51,8 +51,11 @@ def group_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_lab
 
 def loss_from_expectations(neg_mean, pos_mean, L, tau, margin):
     """tau / L * softplus(L * (E_neg - E_pos + margin)): the Python side's one copy of the
-    group loss (the kernels' is group_loss in csrc/dr_loss_math.h)."""
-    return tau / L * F.softplus(L * (neg_mean - pos_mean + margin))
+    group loss (the kernels' is group_loss in csrc/dr_loss_math.h). Evaluated in float64, as the
+    kernels do, and returned in the expectations' dtype: in float32, L * d would round by
+    |L d| eps32 (2.7e-6 of the loss at L d = -45) and overflow for L beyond 1e38."""
+    d = neg_mean.double() - pos_mean.double() + margin
+    return (tau / L * F.softplus(L * d)).to(neg_mean.dtype)
 
 
 def sigmoid_dr_loss(
@@ -67,9 +70,10 @@ def sigmoid_dr_loss(
     first_label=0,
     reduction="mean",
 ):
-    """Same signature and semantics as drloss_cuda.sigmoid_dr_loss, in plain PyTorch."""
-    _common.check_is_tensor("logits", logits)
-    _common.check_is_tensor("labels", labels)
+    """Same signature (less process_group) and semantics as drloss_cuda.sigmoid_dr_loss, in
+    plain PyTorch."""
+    _common.check_dense_tensor("logits", logits)
+    _common.check_dense_tensor("labels", labels)
     _common.check_reduction(reduction)
     # The fused function's argument decisions, with its messages (drloss_cuda/_common.py).
     hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)

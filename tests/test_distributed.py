@@ -134,15 +134,54 @@ def test_pooled_process_group_matches_single_process(tmp_path, generator):
             assert torch.all(grad == 0)
 
 
-def test_pooled_process_group_rejects_per_image_logits():
+@pytest.fixture
+def world_of_one():
+    """A gloo process group of this process alone (a HashStore: nothing to rendezvous with)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pooled_process_group_rejects_per_image_logits(world_of_one):
     # The shape is checked before anything communicates.
     with pytest.raises(ValueError, match="pooled"):
-        drloss_cuda.sigmoid_dr_loss(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), process_group=object())
+        drloss_cuda.sigmoid_dr_loss(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), process_group=world_of_one)
+    # A wrong rank is the same RuntimeError as without a group.
+    with pytest.raises(RuntimeError, match=r"logits must have shape \[N, A, C\]"):
+        drloss_cuda.sigmoid_dr_loss(torch.randn(4), torch.zeros((), dtype=torch.long), process_group=world_of_one)
 
 
-def test_process_group_type_is_checked():
-    with pytest.raises(TypeError, match="process_group"):
-        drloss_cuda.sigmoid_dr_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), process_group="world")
+@pytest.mark.parametrize("logits_shape", [(3, 4), (2, 3, 4), (4,)], ids=["pooled", "per_image", "rank1"])
+def test_process_group_type_is_checked_first(logits_shape):
+    logits = torch.randn(logits_shape)
+    labels = torch.zeros(logits_shape[:-1], dtype=torch.long)
+    with pytest.raises(TypeError, match="process_group must be a torch.distributed.ProcessGroup"):
+        drloss_cuda.sigmoid_dr_loss(logits, labels, process_group="world")
+
+
+def test_module_checks_the_process_group_at_construction(world_of_one):
+    with pytest.raises(TypeError, match="process_group must be a torch.distributed.ProcessGroup"):
+        drloss_cuda.SigmoidDRLoss(process_group="world")
+    module = drloss_cuda.SigmoidDRLoss(process_group=world_of_one, reduction="none")
+    x = torch.randn(7, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, -1, 0, 3])
+    got = module(x, y)
+    want = reference.sigmoid_dr_loss(x.detach(), y, reduction="none")
+    torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=0)
+
+
+def test_pooled_loss_keeps_its_accuracy_at_a_negative_margin(world_of_one, generator):
+    # The value after the merge is evaluated in float64: in float32, L * d = -45 alone would
+    # round the loss by about 3e-6 of itself.
+    x = torch.randn(4000, 10)
+    y = torch.randint(-1, 12, (4000,))
+    for margin in (0.5, -8.0, -12.0):
+        hyper = {**DEFAULTS, "first_label": 0, "margin": margin}
+        want = dense_float64(x, y, **hyper).losses[0]
+        got = drloss_cuda.sigmoid_dr_loss(x, y, margin=margin, process_group=world_of_one)
+        assert_loss_close(got, want, torch.float32, what=f"pooled loss at margin {margin}")
 
 
 # --------------------------------------------------------------------------------------------
