@@ -23,6 +23,11 @@
 //     error does not grow with the number of terms (a dense column of 2048 equal positives
 //     added one by one in float would be off by ~1e-4). Partials of blocks and chunks are merged
 //     in double, in a fixed order.
+//  3. Backward coefficient. An element's gradient is (slope / Z) * 2^(t - m) * ...; with a fixed
+//     shift Z can be as small as 2^-93, so slope / Z alone overflows float once slope exceeds
+//     about 2^35 (a loss scaled by 1e11, or tau = 1e12), though every gradient is finite (each
+//     2^(t - m) <= Z). Where slope / Z would exceed kMaxPlainCoef, Z's power of two moves into
+//     the shift instead (see make_group_grad); below it nothing changes, bit for bit.
 #pragma once
 
 #include <cmath>
@@ -41,6 +46,7 @@ namespace drloss {
 using std::exp;
 using std::exp2;
 using std::fabs;
+using std::frexp;
 using std::log1p;
 
 // Layout of the per-group statistics the forward saves for the backward: [groups, kNumStats].
@@ -62,6 +68,8 @@ constexpr double kLog2e = 1.4426950408889634;
 constexpr double kFixedShiftLimit = 64.0;
 // Policy 2: the most terms a plain (uncompensated) sum may cover.
 constexpr int kMaxPlainTerms = 8;
+// Policy 3: the largest |slope / Z| used as the coefficient as it is (2^100).
+constexpr double kMaxPlainCoef = 1.2676506002282294e30;
 
 // The classification rule, per anchor: its positive class column, or -1 when it has none (an
 // ignored anchor, label < 0; a background anchor, any other label outside
@@ -363,17 +371,36 @@ struct GroupGrad {
   acc_t pos_coef, pos_max, pos_mean;
 };
 
+// One sign's coefficient `slope / Z` and shift `m` for the backward (policy 3). Past
+// kMaxPlainCoef, Z = mant * 2^e gives coefficient slope / mant and shift m + e: the same
+// products, with no intermediate beyond |2 slope|. Only Z < 1 can need it, which only a fixed
+// shift gives (a running max puts a term of 1 into Z): there m + e is exact (an integer e in
+// [-92, 0] added to m in [0, 93)), and the exponents t - m - e stay in [-93, 93], inside
+// exp2_in_range's domain. A sign with no element gets a zero coefficient (never read, but
+// never inf either); a NaN Z passes through.
+template <typename acc_t>
+DRLOSS_HD void sign_coefficient(acc_t slope, acc_t z, acc_t m, acc_t& coef, acc_t& max) {
+  max = m;
+  if (z == acc_t(0)) {
+    coef = acc_t(0);
+  } else if (z < acc_t(1) && fabs(slope) > z * acc_t(kMaxPlainCoef)) {
+    int e = 0;
+    const acc_t mant = frexp(z, &e);  // z = mant * 2^e, mant in [1/2, 1)
+    coef = slope / mant;
+    max = m + static_cast<acc_t>(e);
+  } else {
+    coef = slope / z;
+  }
+}
+
 template <typename acc_t>
 DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
                                            const Hyper<acc_t>& h) {
   const acc_t slope = grad_loss * group_loss_slope(stats[kNegMean], stats[kPosMean], h);
   GroupGrad<acc_t> gg;
-  // A sign with no element gets a zero coefficient (never read, but never inf either).
-  gg.neg_coef = stats[kNegSum] == acc_t(0) ? acc_t(0) : slope / stats[kNegSum];
-  gg.pos_coef = stats[kPosSum] == acc_t(0) ? acc_t(0) : -slope / stats[kPosSum];
-  gg.neg_max = stats[kNegMax];
+  sign_coefficient(slope, stats[kNegSum], stats[kNegMax], gg.neg_coef, gg.neg_max);
+  sign_coefficient(-slope, stats[kPosSum], stats[kPosMax], gg.pos_coef, gg.pos_max);
   gg.neg_mean = stats[kNegMean];
-  gg.pos_max = stats[kPosMax];
   gg.pos_mean = stats[kPosMean];
   return gg;
 }

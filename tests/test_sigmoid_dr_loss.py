@@ -180,6 +180,25 @@ def test_upstream_gradient_other_than_one(device, generator):
     assert_matches_float64(logits, labels, grad_weights=weights, reduction="none")
 
 
+@pytest.mark.parametrize(
+    "scale, hyper",
+    [(1e14, {}), (1.0, {"tau": 1e15}), (1e30, {"pos_lambda": 1 / 64})],
+    ids=["upstream_1e14", "tau_1e15", "upstream_1e30_positives"],
+)
+def test_large_slopes_keep_the_gradient_finite(device, generator, scale, hyper):
+    # With a fixed shift Z can be as small as 2^-93 (every p near 0 at neg_lambda = 1/64, or
+    # near 1 for the positives at pos_lambda = 1/64), and slope / Z overflowed float to inf
+    # once slope passed about 2^35 / (number of elements) (policy 3 of csrc/dr_loss_math.h),
+    # though every element is finite; float64 had no such limit. Here Z_neg is about 2^-85.5.
+    near = 12.0 if "pos_lambda" in hyper else -30.0
+    logits = (near + torch.randn(2, 50, 3)).to(device)
+    labels = torch.randint(0, 4, (2, 50)).to(device)  # a quarter background, the rest a class
+    kwargs = {"neg_lambda": 1 / 64, "margin": 2.0, **hyper, "reduction": "none"}
+    weights = torch.full((2,), scale, device=device)
+    _, grad = assert_matches_float64(logits, labels, grad_weights=weights, **kwargs)
+    assert torch.isfinite(grad).all() and (grad != 0).any()
+
+
 def mixed_labels(mix, shape, C, first_label=0):
     """Labels [shape] of one kind of mix (first_label convention; background = first_label + C)."""
     background = first_label + C
