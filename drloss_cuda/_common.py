@@ -137,8 +137,18 @@ def _scalar_tensor(name, value, kind):
         raise ValueError(f"sigmoid_dr_loss: {name} is a meta tensor, which holds no value: pass {kind} or a tensor with data")
 
 
+def _array_scalar(value):
+    """A 0-dim numpy array (anything with shape () and .item() that is not a tensor) stands for
+    its one element, as a 0-dim tensor does."""
+    if not isinstance(value, torch.Tensor) and getattr(value, "shape", None) == () and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def as_float_hyperparameter(name, value):
-    """A real number (Python, numpy, or a 0-dim real tensor without grad) as a Python float."""
+    """A real number (Python or numpy, a 0-dim array, or a 0-dim real tensor without grad) as a
+    Python float."""
+    value = _array_scalar(value)
     if isinstance(value, torch.Tensor):
         _scalar_tensor(name, value, "a real number")
         if value.dtype == torch.bool or value.is_complex():
@@ -153,8 +163,9 @@ def as_float_hyperparameter(name, value):
 
 
 def as_first_label(value):
-    """first_label as a Python int: an int, a numpy integer or a 0-dim integer tensor. Floats,
+    """first_label as a Python int: an int, a numpy integer, a 0-dim integer array or tensor. Floats,
     strings and bools are refused rather than rounded or reinterpreted."""
+    value = _array_scalar(value)
     if isinstance(value, torch.Tensor):
         _scalar_tensor("first_label", value, "an integer")
         if value.dtype.is_floating_point or value.is_complex() or value.dtype == torch.bool:

@@ -38,11 +38,11 @@ def sigmoid_dr_loss(
         pos_lambda, neg_lambda: softmax temperatures of the positives and negatives
             (>= drloss_cuda.MIN_LAMBDA = 1e-4).
         L, tau: smoothing and scale of the loss (> 0); margin: the ranking margin. Each
-            hyperparameter is a number or a 0-dim tensor that does not require grad (the loss
-            is not differentiated with respect to them).
+            hyperparameter is a number, a 0-dim numpy array or a 0-dim tensor that does not
+            require grad (the loss is not differentiated with respect to them).
         first_label: the label of class column 0 (0: mmdetection/detectron2, background = C;
             1: the official code, background = 0). An integer in [0, 2**63 - 1] (a Python or
-            numpy integer, or a 0-dim integer tensor; floats and bools are refused).
+            numpy integer, or a 0-dim integer tensor or array; floats and bools are refused).
         reduction: "mean" over groups, "sum", or "none" for the [N] per-group losses
             ([1] for pooled [M, C] logits). The mean over zero groups is 0.
         process_group: None (default): the loss of this process's logits alone. A

@@ -7,6 +7,7 @@ import fractions
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -79,6 +80,23 @@ def test_meta_tensor_hyperparameters_are_refused_by_name(generator, loss_fn, nam
     x, y = inputs(generator)
     with pytest.raises(ValueError, match=f"{name} is a meta tensor, which holds no value"):
         loss_fn(x, y, **{name: torch.tensor(value, device="meta")})
+
+
+@pytest.mark.parametrize("loss_fn", PATHS)
+def test_zero_dim_numpy_arrays_are_numbers(generator, loss_fn):
+    x, y = inputs(generator)
+    kwargs = {"neg_lambda": 0.2, "L": 5.0, "margin": 0.25, "first_label": 1}
+    want = loss_fn(x, y, **kwargs)
+    got = loss_fn(x, y, **{name: np.array(value) for name, value in kwargs.items()})
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="first_label must be an integer, got float"):
+        loss_fn(x, y, first_label=np.array(1.0))
+    with pytest.raises(TypeError, match="first_label must be an integer, got bool"):
+        loss_fn(x, y, first_label=np.array(True))
+    with pytest.raises(TypeError, match="L must be a real number, got bool"):
+        loss_fn(x, y, L=np.array(True))
+    with pytest.raises(TypeError, match="L must be a real number, got ndarray"):
+        loss_fn(x, y, L=np.array([6.0]))
 
 
 def test_module_repr_takes_any_real_number():
