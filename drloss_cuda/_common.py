@@ -140,7 +140,9 @@ def _scalar_tensor(name, value, kind):
 def _array_scalar(value):
     """A 0-dim numpy array (anything with shape () and .item() that is not a tensor) stands for
     its one element, as a 0-dim tensor does."""
-    if not isinstance(value, torch.Tensor) and getattr(value, "shape", None) == () and hasattr(value, "item"):
+    if isinstance(value, (bool, int, float, torch.Tensor)):  # also what torch.compile traces
+        return value
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
         return value.item()
     return value
 
