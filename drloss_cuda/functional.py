@@ -1,5 +1,7 @@
 """The public functional API: sigmoid_dr_loss on the fused ops."""
 
+import torch
+
 from . import _common
 from ._common import (
     DEFAULT_L,
@@ -8,7 +10,7 @@ from ._common import (
     DEFAULT_POS_LAMBDA,
     DEFAULT_TAU,
 )
-from .ops import forward_op
+from .ops import FusedLoss, forward_op
 
 
 def sigmoid_dr_loss(
@@ -78,5 +80,9 @@ def sigmoid_dr_loss(
 
         losses = pooled_sigmoid_dr_loss(logits, labels, *hyper, process_group)
     else:
-        losses, _ = forward_op(logits, labels, *hyper)
+        # Eager calls go through the autograd.Function that torch.func's transforms need;
+        # torch.compile traces the op with its registered formula (the same), which Dynamo
+        # handles with symbolic hyperparameters too.
+        forward = forward_op if torch.compiler.is_compiling() else FusedLoss.apply
+        losses, _ = forward(logits, labels, *hyper)
     return _common.reduce_losses(losses, reduction)

@@ -79,14 +79,15 @@ def _backward(ctx, grad_losses, _grad_stats):
     logits, labels, stats = ctx.saved_tensors
     grad_logits = None
     if ctx.needs_input_grad[0]:
-        grad_logits = backward_op(grad_losses.contiguous(), logits, labels, stats, *ctx.hyper)
+        # torch.func needs the backward op as an autograd.Function too (FusedLossBackward);
+        # Dynamo cannot trace one nested in a backward, and takes the op with its registered
+        # formula, which says the same.
+        backward = backward_op if torch.compiler.is_compiling() else FusedLossBackward.apply
+        grad_logits = backward(grad_losses.contiguous(), logits, labels, stats, *ctx.hyper)
     return (grad_logits,) + (None,) * (1 + len(ctx.hyper))
 
 
-torch.library.register_autograd("drloss_cuda::sigmoid_dr_loss_forward", _backward, setup_context=_setup_context)
-
-
-def _no_double_backward(ctx, grad_output):
+def _no_double_backward(ctx, *grad_outputs):
     raise RuntimeError(
         "sigmoid_dr_loss: double backward (a gradient of the gradient) is not implemented"
     )
@@ -96,6 +97,75 @@ def _setup_backward_context(ctx, inputs, output):
     pass
 
 
+# --- vmap: a batch of problems is one problem with more groups ---------------------------------
+# Groups are independent, so B problems of N images are one of B * N images, and B pooled
+# problems of M anchors are B images of M anchors: the kernels run once for the whole batch.
+
+
+def _batch_first(tensor, dim, batch):
+    return tensor.movedim(dim, 0) if dim is not None else tensor.expand(batch, *tensor.shape)
+
+
+def _check_unbatched_hyperparameters(in_dims):
+    if any(d is not None for d in in_dims):  # pragma: no cover - the public function passes numbers
+        raise NotImplementedError("sigmoid_dr_loss: vmap over a hyperparameter is not supported")
+
+
+class FusedLoss(torch.autograd.Function):
+    """The forward op with the formula above, as the autograd.Function the public function
+    calls: torch.func's transforms (grad, vjp, jacrev, vmap) take an autograd.Function with
+    setup_context, not an op's formula registered with torch.library. No jvp: Dynamo cannot trace
+    a custom one, so the public function refuses forward-mode AD instead
+    (_common.check_reverse_mode)."""
+
+    @staticmethod
+    def forward(logits, labels, *hyper):
+        return forward_op(logits, labels, *hyper)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+    @staticmethod
+    def vmap(info, in_dims, logits, labels, *hyper):
+        _check_unbatched_hyperparameters(in_dims[2:])
+        batch = info.batch_size
+        x = _batch_first(logits, in_dims[0], batch)
+        y = _batch_first(labels, in_dims[1], batch)
+        groups = x.shape[1] if x.dim() == 4 else 1
+        losses, stats = FusedLoss.apply(x.reshape(-1, *x.shape[-2:]).contiguous(), y.reshape(-1, y.shape[-1]).contiguous(), *hyper)
+        return (losses.reshape(batch, groups), stats.reshape(batch, groups, NUM_STATS)), (0, 0)
+
+
+class FusedLossBackward(torch.autograd.Function):
+    """The backward op as an autograd.Function (for torch.func, as above), whose own backward
+    says that double backward is not implemented."""
+
+    @staticmethod
+    def forward(grad_losses, logits, labels, stats, *hyper):
+        return backward_op(grad_losses, logits, labels, stats, *hyper)
+
+    setup_context = staticmethod(_setup_backward_context)
+    backward = staticmethod(_no_double_backward)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_losses, logits, labels, stats, *hyper):
+        _check_unbatched_hyperparameters(in_dims[4:])
+        batch = info.batch_size
+        x = _batch_first(logits, in_dims[1], batch)
+        y = _batch_first(labels, in_dims[2], batch)
+        g = _batch_first(grad_losses, in_dims[0], batch)
+        st = _batch_first(stats, in_dims[3], batch)
+        grad = FusedLossBackward.apply(
+            g.reshape(-1).contiguous(),
+            x.reshape(-1, *x.shape[-2:]).contiguous(),
+            y.reshape(-1, y.shape[-1]).contiguous(),
+            st.reshape(-1, NUM_STATS).contiguous(),
+            *hyper,
+        )
+        return grad.reshape(x.shape), 0
+
+
+torch.library.register_autograd("drloss_cuda::sigmoid_dr_loss_forward", _backward, setup_context=_setup_context)
 torch.library.register_autograd(
     "drloss_cuda::sigmoid_dr_loss_backward", _no_double_backward, setup_context=_setup_backward_context
 )

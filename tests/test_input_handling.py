@@ -137,6 +137,46 @@ def test_the_reference_supports_forward_mode_ad(generator):
     torch.testing.assert_close(tangent, (grad * v).sum(), rtol=1e-10, atol=1e-14)
 
 
+# --- torch.func ----------------------------------------------------------------------------------
+
+
+def test_torch_func_reverse_transforms_match_the_reference(device, generator):
+    x, y = (t.to(device) for t in inputs(generator))
+    want = torch.func.grad(lambda t: reference.sigmoid_dr_loss(t, y))(x)
+    torch.testing.assert_close(torch.func.grad(lambda t: sigmoid_dr_loss(t, y))(x), want, rtol=1e-10, atol=1e-14)
+    _, vjp = torch.func.vjp(lambda t: sigmoid_dr_loss(t, y), x)
+    torch.testing.assert_close(vjp(torch.ones((), dtype=x.dtype, device=device))[0], want, rtol=1e-10, atol=1e-14)
+    jac = torch.func.jacrev(lambda t: sigmoid_dr_loss(t, y, reduction="none"))(x)
+    want_jac = torch.func.jacrev(lambda t: reference.sigmoid_dr_loss(t, y, reduction="none"))(x)
+    assert jac.shape == (2,) + x.shape
+    torch.testing.assert_close(jac, want_jac, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(5, 2, 6, 3), (4, 30, 3)], ids=["per_image", "pooled"])
+@pytest.mark.parametrize("batched_labels", [True, False], ids=["batched_labels", "shared_labels"])
+def test_vmap_and_per_sample_gradients(device, generator, shape, batched_labels):
+    # A batch of problems runs as one problem with more groups; per-sample gradients are
+    # vmap(grad(...)). Checked against a loop of the reference.
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    y = torch.randint(-1, shape[-1] + 1, shape[:-1] if batched_labels else shape[1:-1], device=device)
+    label_dim = 0 if batched_labels else None
+    losses = torch.func.vmap(lambda t, u: sigmoid_dr_loss(t, u, reduction="none"), in_dims=(0, label_dim))(x, y)
+    grads = torch.func.vmap(torch.func.grad(lambda t, u: sigmoid_dr_loss(t, u)), in_dims=(0, label_dim))(x, y)
+    for i in range(shape[0]):
+        yi = y[i] if batched_labels else y
+        want = reference.sigmoid_dr_loss(x[i], yi, reduction="none")
+        torch.testing.assert_close(losses[i], want, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(grads[i], torch.func.grad(lambda t: reference.sigmoid_dr_loss(t, yi))(x[i]), rtol=1e-10, atol=1e-14)
+
+
+def test_second_derivatives_are_refused(generator):
+    x, y = inputs(generator)
+    with pytest.raises(RuntimeError, match="jvp"):  # torch's words for a Function without one
+        torch.func.hessian(lambda t: sigmoid_dr_loss(t, y))(x)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.func.grad(lambda t: torch.func.grad(lambda u: sigmoid_dr_loss(u, y))(t).sum())(x)
+
+
 # --- the order of the checks ----------------------------------------------------------------------
 
 
