@@ -231,6 +231,53 @@ def test_torchvision_use_dr_loss_options(generator):
     assert torch.equal(head.cls_logits.bias.detach(), torch.zeros(27))
 
 
+def test_torchvision_use_dr_loss_checks_before_changing_anything():
+    integration = framework_or_skip("drloss_cuda.integrations.torchvision")
+    model = _torchvision_retinanet(3, 0)
+    head = model.head.classification_head
+    kind, bias = type(head), head.cls_logits.bias.detach().clone()
+    for bad in (0.0, 1, "0.5"):
+        with pytest.raises((TypeError, ValueError), match="prior"):
+            integration.use_dr_loss(model, prior=bad)
+        assert type(head) is kind and not hasattr(head, "dr_loss") and torch.equal(head.cls_logits.bias, bias)
+
+
+def test_torchvision_use_dr_loss_keeps_a_custom_head_class(generator):
+    integration = framework_or_skip("drloss_cuda.integrations.torchvision")
+    from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+
+    class HalvedLogits(RetinaNetClassificationHead):
+        def forward(self, x):
+            return super().forward(x) * 0.5
+
+    model = _torchvision_retinanet(3, 0)
+    custom = HalvedLogits(64, model.anchor_generator.num_anchors_per_location()[0], 3)
+    model.head.classification_head = custom
+    features = [torch.randn(1, 64, 4, 4)]
+    before = custom(features)
+    integration.use_dr_loss(model, prior=None)
+    assert isinstance(custom, HalvedLogits) and isinstance(custom, integration.DRLossClassificationHead)
+    torch.testing.assert_close(custom(features), before)  # its forward stays
+    assert type(custom).compute_loss is integration.DRLossClassificationHead.compute_loss
+    integration.use_dr_loss(model, prior=None)  # a second call keeps the class
+    assert type(custom).__mro__[1:3] == (integration.DRLossClassificationHead, HalvedLogits)
+
+
+@pytest.mark.parametrize("bad_label", [3, 7, -1], ids=["num_classes", "beyond", "negative"])
+def test_torchvision_box_labels_outside_the_classes_raise(generator, bad_label):
+    # torchvision's focal loss fails on them (it indexes with the label); DR loss would take the
+    # anchor for background while the box loss trains it. check_targets=False skips the check.
+    integration = framework_or_skip("drloss_cuda.integrations.torchvision")
+    num_classes = 3
+    model = integration.use_dr_loss(_torchvision_retinanet(num_classes, 0)).train()
+    images, targets = _torchvision_batch(2, num_classes, "cpu", torch.Generator().manual_seed(1))
+    targets[0]["labels"][0] = bad_label
+    with pytest.raises(ValueError, match=r"gt_labels\[0\] must lie in \[0, 2\], found " + str(bad_label)):
+        model(images, targets)
+    integration.use_dr_loss(model, prior=None, check_targets=False)
+    assert torch.isfinite(model(images, targets)["classification"])
+
+
 # ---------------------------------------------------------------------------------------------
 # mmdetection: the loss module and the multi-level loss need no mmdet
 
@@ -388,6 +435,12 @@ def test_detectron2_dense_loss(generator):
     official = [torch.where(g == k, 0, torch.where(g >= 0, g + 1, -1)) for g in gt_labels]
     want = reference.sigmoid_dr_loss(torch.cat(pred_logits, 1), torch.stack(official), first_label=1)
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    # A class id beyond K (detectron2's one-hot encoding fails on it) raises unless unchecked.
+    gt_labels[1][3] = k + 1
+    with pytest.raises(ValueError, match=f"gt_labels must lie in \\[-1, {k}\\], found {k + 1}"):
+        dense_classification_loss(drloss_cuda.SigmoidDRLoss(), pred_logits, gt_labels, k)
+    loss = dense_classification_loss(drloss_cuda.SigmoidDRLoss(), pred_logits, gt_labels, k, check_targets=False)
+    assert torch.isfinite(loss)
 
 
 def test_detectron2_meta_architecture():

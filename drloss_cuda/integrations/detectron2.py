@@ -14,8 +14,8 @@ The box regression loss is detectron2's, with its normalizer. Without add_dr_los
 defaults apply (prior 0.5, the paper's parameters); cfg.MODEL.RETINANET.PRIOR_PROB is
 overridden by cfg.MODEL.DR_LOSS.PRIOR_PROB.
 
-Importing this module imports detectron2; it raises ImportError when detectron2 is missing or
-fails to load.
+Importing this module imports detectron2 (0.6 or newer: RetinaNet built on DenseDetector); it
+raises ImportError when detectron2 is missing, older or fails to load.
 """
 
 import torch
@@ -28,6 +28,9 @@ __all__ = ["DRLossRetinaNet", "add_dr_loss_config"]
 
 configurable = import_framework("detectron2.config", needed_by=__name__).configurable
 _modeling = import_framework("detectron2.modeling", needed_by=__name__)
+if not hasattr(_modeling.RetinaNet, "_ema_update"):
+    raise ImportError(f"{__name__} needs detectron2 0.6 or newer (RetinaNet built on DenseDetector, whose "
+                      "loss normalizer it updates); this detectron2's RetinaNet is older")
 _box_regression = import_framework("detectron2.modeling.box_regression", needed_by=__name__)
 _events = import_framework("detectron2.utils.events", needed_by=__name__)
 
@@ -37,12 +40,14 @@ class DRLossRetinaNet(_modeling.RetinaNet):
     """detectron2's RetinaNet with DR loss. Arguments: RetinaNet's, plus
         prior_prob: the classifier prior set on head.cls_score (None keeps the head's bias).
         dr_loss: the loss callable (default: the fused SigmoidDRLoss with the paper's defaults).
+        check_targets: check the anchor labels every step (see dense_classification_loss).
     """
 
     @configurable
-    def __init__(self, *, prior_prob=DR_LOSS_PRIOR, dr_loss=None, **kwargs):
+    def __init__(self, *, prior_prob=DR_LOSS_PRIOR, dr_loss=None, check_targets=True, **kwargs):
         super().__init__(**kwargs)
         self.dr_loss = fused_loss_module() if dr_loss is None else dr_loss
+        self.check_targets = check_targets
         if prior_prob is not None:
             classifier = getattr(self.head, "cls_score", None)
             if classifier is None:
@@ -58,7 +63,8 @@ class DRLossRetinaNet(_modeling.RetinaNet):
         return config
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        loss_cls = dense_classification_loss(self.dr_loss, pred_logits, gt_labels, self.num_classes)
+        loss_cls = dense_classification_loss(self.dr_loss, pred_logits, gt_labels, self.num_classes,
+                                             check_targets=self.check_targets)
 
         # The box loss as RetinaNet computes it: summed over the positives, divided by an EMA
         # of their number.

@@ -35,7 +35,7 @@ def options_from_config(cfg):
     return prior, {CONFIG_KEYS[key][1]: float(value) for key, value in values.items()}
 
 
-def dense_classification_loss(loss, pred_logits, gt_labels, num_classes):
+def dense_classification_loss(loss, pred_logits, gt_labels, num_classes, check_targets=True):
     """DR loss of detectron2's dense predictions.
 
     Args:
@@ -43,6 +43,9 @@ def dense_classification_loss(loss, pred_logits, gt_labels, num_classes):
         pred_logits: per level, [N, Hi*Wi*A, K] (RetinaNet.losses' pred_logits).
         gt_labels: per image, [R] labels from label_anchors (0..K-1, K background, -1 ignore).
         num_classes: K.
+        check_targets: check that the labels lie in [-1, K] (a host sync), as detectron2's focal
+            loss does through its one-hot encoding; a class id beyond K would otherwise mean
+            background to DR loss while the box loss trains the anchor.
     """
-    labels = conventions.from_detectron2(gt_labels, num_classes, check=False)
+    labels = conventions.from_detectron2(gt_labels, num_classes, check=check_targets)
     return loss(conventions.concat_levels(pred_logits), labels)

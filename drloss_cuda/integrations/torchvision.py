@@ -16,7 +16,7 @@ fails to load.
 """
 
 from .. import conventions
-from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
+from ..initialization import DR_LOSS_PRIOR, init_classifier_prior, prior_bias
 from . import fused_loss_module, import_framework
 
 _retinanet = import_framework("torchvision.models.detection.retinanet", needed_by=__name__)
@@ -32,23 +32,39 @@ class DRLossClassificationHead(RetinaNetClassificationHead):
         loss: a callable (logits [N, A, C], labels [N, A]) -> loss, labels in drloss_cuda's
             convention; default `drloss_cuda.SigmoidDRLoss()` (the fused loss, the paper's
             defaults, mean over the images).
+        check_targets: check every step that the box labels lie in [0, num_classes) (a host
+            sync), as torchvision's focal loss does by indexing with them; a label outside would
+            otherwise mean background to DR loss while the box loss trains the anchor.
     """
 
     def __init__(self, in_channels, num_anchors, num_classes, prior_probability=DR_LOSS_PRIOR, norm_layer=None,
-                 *, loss=None):
+                 *, loss=None, check_targets=True):
         super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability,
                          norm_layer=norm_layer)
         self.dr_loss = fused_loss_module() if loss is None else loss
+        self.check_targets = check_targets
 
     def compute_loss(self, targets, head_outputs, matched_idxs):
         # matched_idxs: -1 background, -2 between the IoU thresholds (ignored), >= 0 a box whose
         # label is the class column, exactly as torchvision's focal loss reads them.
         labels = conventions.from_torchvision(matched_idxs, [t["labels"] for t in targets], self.num_classes,
-                                              check=False)
+                                              check=self.check_targets)
         return self.dr_loss(head_outputs["cls_logits"], labels)
 
 
-def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None):
+# use_dr_loss's class for each subclass of RetinaNetClassificationHead it meets: the subclass's
+# own methods (a custom forward) stay, DR loss's compute_loss comes first.
+_DR_LOSS_CLASSES = {RetinaNetClassificationHead: DRLossClassificationHead}
+
+
+def _dr_loss_class(head_class):
+    if head_class not in _DR_LOSS_CLASSES:
+        _DR_LOSS_CLASSES[head_class] = type(f"DRLoss{head_class.__name__}", (DRLossClassificationHead, head_class),
+                                            {"__module__": head_class.__module__})
+    return _DR_LOSS_CLASSES[head_class]
+
+
+def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None, check_targets=True):
     """Makes a torchvision RetinaNet train its classifier with DR loss, in place; returns it.
 
     Args:
@@ -56,17 +72,23 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None):
         prior: the classifier prior to initialize the classification bias for (0.5, DR loss's);
             None keeps the current bias (e.g. after loading a DR loss checkpoint).
         loss: the loss callable, as in DRLossClassificationHead (default: the fused SigmoidDRLoss).
+        check_targets: as in DRLossClassificationHead (default True).
 
     The classification head keeps its weights and its state_dict keys; only its loss (and, unless
-    prior is None, its bias) changes. The regression head and its loss are untouched.
+    prior is None, its bias) changes. The regression head and its loss are untouched. A head of
+    a subclass of RetinaNetClassificationHead keeps its class's methods (it becomes an instance
+    of a class derived from both). Arguments are checked before anything changes.
     """
     head = getattr(getattr(model, "head", None), "classification_head", None)
     if not isinstance(head, RetinaNetClassificationHead):
         raise TypeError("model must be a torchvision RetinaNet (model.head.classification_head a "
                         f"RetinaNetClassificationHead), got {type(model).__name__}")
+    if prior is not None:
+        prior_bias(prior)  # raises for a bad prior, before the head changes
     if not isinstance(head, DRLossClassificationHead):
-        head.__class__ = DRLossClassificationHead
+        head.__class__ = _dr_loss_class(type(head))
     head.dr_loss = fused_loss_module() if loss is None else loss
+    head.check_targets = check_targets
     if prior is not None:
         init_classifier_prior(head.cls_logits, prior)
     return model
