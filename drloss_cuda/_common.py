@@ -1,8 +1,9 @@
 """Defaults and the argument handling shared by the fused op, its fake kernels and the reference.
 
-Every message here has a twin in csrc/ops.cpp (the checks of the compiled op): a call fails with
+Every check the compiled op also makes has its message's twin in csrc/ops.cpp: a call fails with
 the same words whichever path sees it first (the public function, the C++ op, the fake kernel
-under torch.compile or on the meta device, or the reference).
+under torch.compile or on the meta device, or the reference). The other checks (tensor layouts,
+hyperparameter forms, forward-mode AD) concern Python inputs that never reach the op.
 """
 
 import math

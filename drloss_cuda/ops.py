@@ -4,7 +4,9 @@
 margin, first_label) -> (losses [G], stats [G, 6])` and `sigmoid_dr_loss_backward(grad_losses,
 logits, labels, stats, ...) -> grad_logits` are defined in csrc/ops.cpp. This module registers
 what the dispatcher needs beyond the kernels: fake (meta) kernels, so that torch.compile and
-torch.export trace the ops without running them, and the autograd formula of the forward.
+torch.export trace the ops without running them, and the autograd formula of the forward. The
+same formula also comes as autograd.Functions (FusedLoss, FusedLossBackward) with vmap rules,
+which eager calls of the public function use so that torch.func's transforms work.
 """
 
 import torch
