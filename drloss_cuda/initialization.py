@@ -11,6 +11,7 @@ Plain PyTorch: importable without the compiled extension.
 """
 
 import math
+import numbers
 
 import torch
 
@@ -22,12 +23,16 @@ FOCAL_LOSS_PRIOR = 0.01
 
 
 def prior_bias(prior=DR_LOSS_PRIOR):
-    """The bias b with sigmoid(b) = prior: b = -log((1 - prior) / prior)."""
-    if isinstance(prior, bool) or not isinstance(prior, (int, float)):
+    """The bias b with sigmoid(b) = prior: b = log(prior) - log(1 - prior), finite for every
+    prior in (0, 1). prior: a real number (Python or numpy), or a 0-dim tensor or array."""
+    if getattr(prior, "shape", None) == () and hasattr(prior, "item"):  # numpy scalars, 0-dim arrays and tensors
+        prior = prior.item()
+    if isinstance(prior, bool) or not isinstance(prior, numbers.Real):
         raise TypeError(f"prior must be a number in (0, 1), got {type(prior).__name__}")
+    prior = float(prior)
     if not 0.0 < prior < 1.0:
         raise ValueError(f"prior must lie strictly between 0 and 1, got {prior}")
-    return -math.log((1.0 - prior) / prior)
+    return math.log(prior) - math.log1p(-prior)
 
 
 @torch.no_grad()

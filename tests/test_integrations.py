@@ -6,10 +6,12 @@ detectron2 are tested where they import, and skip visibly elsewhere. Their frame
 the reference."""
 
 import copy
+import fractions
 import functools
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -49,6 +51,16 @@ def test_prior_defaults():
     assert DR_LOSS_PRIOR == 0.5 and FOCAL_LOSS_PRIOR == 0.01
     assert prior_bias() == 0.0
     assert drloss_cuda.init_classifier_prior is init_classifier_prior and drloss_cuda.prior_bias is prior_bias
+
+
+def test_prior_bias_takes_any_real_number_and_tiny_priors():
+    want = prior_bias(0.25)
+    for form in (np.float32(0.25), np.float64(0.25), np.array(0.25), torch.tensor(0.25), fractions.Fraction(1, 4)):
+        assert prior_bias(form) == pytest.approx(want, rel=1e-7), type(form)
+    assert prior_bias(1e-320) == pytest.approx(math.log(1e-320), rel=1e-12)  # subnormal, still finite
+    for bad in (np.bool_(True), torch.tensor(True), torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="prior"):
+            prior_bias(bad)
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan")])
