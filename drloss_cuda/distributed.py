@@ -114,8 +114,8 @@ def check_process_group(process_group):
 
 
 def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
-    """The per-group losses ([1]) of the pooled group spread over `process_group`."""
-    check_process_group(process_group)
+    """The per-group losses ([1]) of the pooled group spread over `process_group` (a
+    ProcessGroup: the public function checks it, with check_process_group, before the tensors)."""
     if logits.dim() != 2:
         raise ValueError(
             "sigmoid_dr_loss: with a process_group, logits must be pooled [M, C] (flatten the "

@@ -108,6 +108,12 @@ def _batch_first(tensor, dim, batch):
     return tensor.movedim(dim, 0) if dim is not None else tensor.expand(batch, *tensor.shape)
 
 
+def _as_groups(logits, labels):
+    """Batch-first [B, N, A, C] / [B, M, C] logits and their labels as one problem of
+    [B * N, A, C] / [B, M, C] per-image logits, contiguous."""
+    return logits.reshape(-1, *logits.shape[-2:]).contiguous(), labels.reshape(-1, labels.shape[-1]).contiguous()
+
+
 def _check_unbatched_hyperparameters(in_dims):
     if any(d is not None for d in in_dims):  # pragma: no cover - the public function passes numbers
         raise NotImplementedError("sigmoid_dr_loss: vmap over a hyperparameter is not supported")
@@ -134,7 +140,7 @@ class FusedLoss(torch.autograd.Function):
         x = _batch_first(logits, in_dims[0], batch)
         y = _batch_first(labels, in_dims[1], batch)
         groups = x.shape[1] if x.dim() == 4 else 1
-        losses, stats = FusedLoss.apply(x.reshape(-1, *x.shape[-2:]).contiguous(), y.reshape(-1, y.shape[-1]).contiguous(), *hyper)
+        losses, stats = FusedLoss.apply(*_as_groups(x, y), *hyper)
         return (losses.reshape(batch, groups), stats.reshape(batch, groups, NUM_STATS)), (0, 0)
 
 
@@ -157,12 +163,9 @@ class FusedLossBackward(torch.autograd.Function):
         y = _batch_first(labels, in_dims[2], batch)
         g = _batch_first(grad_losses, in_dims[0], batch)
         st = _batch_first(stats, in_dims[3], batch)
+        x_groups, y_groups = _as_groups(x, y)
         grad = FusedLossBackward.apply(
-            g.reshape(-1).contiguous(),
-            x.reshape(-1, *x.shape[-2:]).contiguous(),
-            y.reshape(-1, y.shape[-1]).contiguous(),
-            st.reshape(-1, NUM_STATS).contiguous(),
-            *hyper,
+            g.reshape(-1).contiguous(), x_groups, y_groups, st.reshape(-1, NUM_STATS).contiguous(), *hyper
         )
         return grad.reshape(x.shape), 0
 

@@ -16,7 +16,7 @@ fails to load.
 """
 
 from .. import conventions
-from ..initialization import DR_LOSS_PRIOR, init_classifier_prior, prior_bias
+from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
 from . import fused_loss_module, import_framework
 
 _retinanet = import_framework("torchvision.models.detection.retinanet", needed_by=__name__)
@@ -83,12 +83,10 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None, check_targets=True):
     if not isinstance(head, RetinaNetClassificationHead):
         raise TypeError("model must be a torchvision RetinaNet (model.head.classification_head a "
                         f"RetinaNetClassificationHead), got {type(model).__name__}")
-    if prior is not None:
-        prior_bias(prior)  # raises for a bad prior, before the head changes
+    if prior is not None:  # first: it checks the prior before it sets the bias
+        init_classifier_prior(head.cls_logits, prior)
     if not isinstance(head, DRLossClassificationHead):
         head.__class__ = _dr_loss_class(type(head))
     head.dr_loss = fused_loss_module() if loss is None else loss
     head.check_targets = check_targets
-    if prior is not None:
-        init_classifier_prior(head.cls_logits, prior)
     return model
