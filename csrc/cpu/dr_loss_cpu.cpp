@@ -1,9 +1,11 @@
 // CPU forward and backward of the sigmoid DR loss.
 //
 // Work is cut into fixed-size chunks of one group's elements (kChunk, independent of the thread
-// count). Forward: every chunk folds its elements into a negatives' and a positives' softmax
-// triple; the triples of a group are then merged in chunk order, so the result is bitwise the
-// same for any number of threads. Backward: one element-wise pass per chunk.
+// count), which the threads take in small batches as they go (ChunkQueue). Forward: every
+// chunk folds its elements into a negatives' and a positives' softmax triple; the triples of a
+// group are then merged in chunk order, so the result is bitwise the same for any number of
+// threads and any order in which they took the chunks. Backward: one element-wise pass per
+// chunk.
 //
 // Inside a chunk the elements are first classified anchor by anchor (a label is read once per
 // anchor, not once per element), then the dense loops over the chunk run on plain arrays that
@@ -15,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <cstdint>
 #include <limits>
@@ -47,6 +50,64 @@ namespace {
 
 constexpr int64_t kChunk = 2048;
 constexpr int64_t kMergesPerTask = 1 << 14;
+// Chunks a thread takes at a time: tens of microseconds of work, so a thread that runs out
+// waits at most that long for the others, and one atomic add per batch costs nothing measurable.
+constexpr int64_t kChunksPerTake = 16;
+
+// Hands out the chunks [0, total) to the threads. Each thread starts on its own contiguous
+// range, as with a static split (so each streams through its own memory, and the pages of a
+// fresh gradient are mostly first touched by one thread only), and takes it in batches of
+// kChunksPerTake; a thread that finishes its range goes on taking batches from the others'.
+// A static split alone makes every call as slow as its slower thread, and threads that share
+// their cores with other work (data loaders, other processes, the host of a VM) often run at
+// different speeds within a call. Which thread takes a chunk changes no result: each chunk's
+// output depends on the chunk alone.
+class ChunkQueue {
+ public:
+  explicit ChunkQueue(int64_t total)
+      : threads_(std::max<int64_t>(
+            1, std::min<int64_t>(at::get_num_threads(),
+                                 (total + kChunksPerTake - 1) / kChunksPerTake))),
+        ranges_(threads_) {
+    for (int64_t t = 0; t < threads_; ++t) {
+      ranges_[t].next.store(total * t / threads_, std::memory_order_relaxed);
+      ranges_[t].end = total * (t + 1) / threads_;
+    }
+  }
+
+  // Runs worker(take) once per thread, where take(first, last) gives the thread's next batch
+  // [first, last) and returns false once every chunk has been taken. Where at::parallel_for
+  // runs serially (one thread, or inside another parallel region), the first worker takes all.
+  template <typename Worker>
+  void run(const Worker& worker) {
+    at::parallel_for(0, threads_, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        int64_t range = t;  // its own first, then the others in turn
+        int64_t visited = 0;
+        auto take = [&](int64_t& first, int64_t& last) {
+          for (; visited < threads_; ++visited, range = (range + 1) % threads_) {
+            Range& r = ranges_[range];
+            first = r.next.fetch_add(kChunksPerTake, std::memory_order_relaxed);
+            if (first < r.end) {
+              last = std::min(first + kChunksPerTake, r.end);
+              return true;
+            }
+          }
+          return false;
+        };
+        worker(take);
+      }
+    });
+  }
+
+ private:
+  struct alignas(64) Range {  // one cache line each: the threads' counters do not share one
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  const int64_t threads_;
+  std::vector<Range> ranges_;
+};
 
 // The elements [begin, end) of one group, classified. `neg` is 1 for a negative and 0
 // otherwise; `pos_index` lists the positions (relative to begin) of the positives. One
@@ -404,19 +465,23 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
 
   // Partial triples per chunk, in double so the in-order merge adds no visible error.
   std::vector<SoftmaxTriple<double>> neg_parts(ch.total), pos_parts(ch.total);
-  at::parallel_for(0, ch.total, 1, [&](int64_t first, int64_t last) {
+  ChunkQueue queue(ch.total);
+  queue.run([&](auto& take) {
     ChunkKinds kinds;
     acc_t p[kChunk];
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t g = c / ch.per_group;
-      const int64_t begin = (c % ch.per_group) * kChunk;
-      const int64_t n = std::min(kChunk, ch.elements - begin);
-      classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
-      neg_parts[c] =
-          h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
-                      : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
-      pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
+    int64_t first = 0, last = 0;
+    while (take(first, last)) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t g = c / ch.per_group;
+        const int64_t begin = (c % ch.per_group) * kChunk;
+        const int64_t n = std::min(kChunk, ch.elements - begin);
+        classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
+        const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
+        neg_parts[c] =
+            h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
+                        : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
+        pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
+      }
     }
   });
 
@@ -459,25 +524,29 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   advise_huge_pages(out, grad_logits.numel() * static_cast<int64_t>(sizeof(scalar_t)));
   const Chunking ch(pr);
 
-  at::parallel_for(0, ch.total, 1, [&](int64_t first, int64_t last) {
+  ChunkQueue queue(ch.total);
+  queue.run([&](auto& take) {
     ChunkKinds kinds;
     acc_t p[kChunk];
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t g = c / ch.per_group;
-      const int64_t begin = (c % ch.per_group) * kChunk;
-      const int64_t n = std::min(kChunk, ch.elements - begin);
-      const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
-      classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-      const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
-      raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
-      if (h.fixed_neg) {
-        negative_grad_chunk<true, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
-      } else {
-        negative_grad_chunk<false, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
-      }
-      for (int64_t k = 0; k < kinds.num_pos; ++k) {
-        const int32_t i = kinds.pos_index[k];
-        out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
+    int64_t first = 0, last = 0;
+    while (take(first, last)) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t g = c / ch.per_group;
+        const int64_t begin = (c % ch.per_group) * kChunk;
+        const int64_t n = std::min(kChunk, ch.elements - begin);
+        const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
+        classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
+        const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
+        raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
+        if (h.fixed_neg) {
+          negative_grad_chunk<true, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+        } else {
+          negative_grad_chunk<false, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+        }
+        for (int64_t k = 0; k < kinds.num_pos; ++k) {
+          const int32_t i = kinds.pos_index[k];
+          out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
+        }
       }
     }
   });
