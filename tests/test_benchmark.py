@@ -244,6 +244,19 @@ def test_noise_warnings_flag_a_forward_slower_than_forward_backward():
     assert "noisy" in warning and "official_pooled forward" in warning
 
 
+def test_floor_drift_restates_fused_floor_against_a_higher_end_bandwidth():
+    def row(provider, mode, gbps, copy_gbps):
+        return dict(provider=provider, mode=mode, N=2, A=100, C=8, dtype="float32", achieved_gbps=gbps, floor_fraction=gbps / copy_gbps)
+
+    rows = [row("fused", "forward", 6.0, 12.0), row("fused", "forward_backward", 8.4, 12.0), row("focal", "forward", 0.3, 12.0)]
+    assert table.floor_drift(rows, 12.0, 13.0) == []  # within FLOOR_DRIFT: nothing to restate
+    assert table.floor_drift(rows, 16.8, 12.0) == []  # the start's is already the stricter floor
+    head, forward, both = table.floor_drift(rows, 12.0, 16.8)
+    assert head == "- copy bandwidth 12.0 GB/s at the start and 16.8 at the end: the floor % columns use the start's; against the end's:"
+    assert forward == "  - fused forward N=2 A=100 C=8 float32: 35.7% of the floor (not 50.0%)"
+    assert both == "  - fused forward_backward N=2 A=100 C=8 float32: 50.0% of the floor (not 70.0%)"
+
+
 def test_headline_names_each_peer_or_says_there_is_none():
     def row(provider, median):
         return dict(provider=provider, mode="forward_backward", N=2, A=100, C=8, dtype="float32", median_ms=median)

@@ -14,7 +14,7 @@ from .checks import CheckFailed, check_provider, reference_loss_and_grad
 from .csv_rows import append_csv
 from .inputs import DTYPES, IGNORED_FRACTION, POSITIVE_FRACTION, make_inputs
 from .providers import PROVIDERS
-from .table import headline, markdown_table, noise_warnings
+from .table import floor_drift, headline, markdown_table, noise_warnings
 from .timing import percentile, time_interleaved, timing_label
 
 
@@ -203,8 +203,9 @@ def figures(times_ms, peak, floor_bytes, copy_bw):
 def report(args, common, outcome, copy_bw):
     """Where the rows went, the plots, what was skipped or failed, the headline, the warnings
     on noisy figures, the machine's load, copy bandwidth and arithmetic pace at the end against
-    the start (a run whose pace changed on the way has figures from two machines, in effect)
-    and, last, the table."""
+    the start (a run whose pace changed on the way has figures from two machines, in effect;
+    where the copy bandwidth rose, fused's floor % against the end's figure) and, last, the
+    table."""
     rows = outcome.rows
     if rows:
         print(f"\n{len(rows)} rows appended to {args.csv}")
@@ -228,6 +229,9 @@ def report(args, common, outcome, copy_bw):
     print(f"load average at the end: {machine.load_average()} (at the start: {common['load_avg_1m']})")
     copy_bw_end = floor.copy_bandwidth(args.device, floor.copy_bytes(args.device))
     print(f"copy bandwidth at the end: {copy_bw_end / 1e9:.1f} GB/s (at the start: {copy_bw / 1e9:.1f})")
+    drift = floor_drift(rows, copy_bw / 1e9, copy_bw_end / 1e9)
+    if drift:
+        print("\n".join(drift))
     pace_end = pace.arithmetic_pace(args.device) if common["arithmetic_pace_ns"] is not None else None
     if pace_end is not None:
         print(f"arithmetic pace at the end: {pace_end:.3f} ns per element (at the start: {common['arithmetic_pace_ns']:.3f})")

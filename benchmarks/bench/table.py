@@ -5,6 +5,8 @@ from .timing import MODES
 
 # A row whose 80th percentile is over this multiple of its 20th is flagged as noisy.
 NOISY_SPREAD = 1.5
+# Copy bandwidths at a run's start and end further apart than this ratio get their floor % restated.
+FLOOR_DRIFT = 1.1
 
 
 def fmt(value, digits=3):
@@ -96,4 +98,25 @@ def noise_warnings(rows):
     if noisy:
         names = ", ".join(f"{r['provider']} {r['mode']}" for r in noisy)
         out.append(f"- p80 over {NOISY_SPREAD:g}x p20 (noisy): {names}")
+    return out
+
+
+def floor_drift(rows, copy_gbps_start, copy_gbps_end):
+    """Sentences for a run whose copy bandwidth measured more than FLOOR_DRIFT times higher at
+    its end than at its start: the rows' floor % use the start's figure, so a dip there inflates
+    every floor % of the run (one run measured 12.1 GB/s at its start and 14.3 at its end, where
+    the others measured 19-21). Restates fused's floor % against the end's, the stricter floor.
+    A start higher than the end needs nothing: the columns already use the stricter one."""
+    if copy_gbps_start <= 0 or copy_gbps_end <= FLOOR_DRIFT * copy_gbps_start:
+        return []
+    out = [
+        f"- copy bandwidth {copy_gbps_start:.1f} GB/s at the start and {copy_gbps_end:.1f} at the end: "
+        f"the floor % columns use the start's; against the end's:"
+    ]
+    for r in rows:
+        if r["provider"] == "fused":
+            out.append(
+                f"  - fused {r['mode']} N={r['N']} A={r['A']} C={r['C']} {r['dtype']}: "
+                f"{100 * r['achieved_gbps'] / copy_gbps_end:.1f}% of the floor (not {100 * r['floor_fraction']:.1f}%)"
+            )
     return out
