@@ -50,24 +50,25 @@ namespace {
 
 constexpr int64_t kChunk = 2048;
 constexpr int64_t kMergesPerTask = 1 << 14;
-// Chunks a thread takes at a time: tens of microseconds of work, so a thread that runs out
-// waits at most that long for the others, and one atomic add per batch costs nothing measurable.
-constexpr int64_t kChunksPerTake = 16;
+// Chunks a thread takes at a time, at most: tens of microseconds of work, so a thread that
+// runs out waits at most that long for the others, and one atomic add per batch costs nothing
+// measurable. Small problems take fewer at a time, so that each thread gets several batches.
+constexpr int64_t kMaxChunksPerTake = 16;
+constexpr int64_t kMinTakesPerThread = 8;
 
 // Hands out the chunks [0, total) to the threads. Each thread starts on its own contiguous
 // range, as with a static split (so each streams through its own memory, and the pages of a
-// fresh gradient are mostly first touched by one thread only), and takes it in batches of
-// kChunksPerTake; a thread that finishes its range goes on taking batches from the others'.
-// A static split alone makes every call as slow as its slower thread, and threads that share
-// their cores with other work (data loaders, other processes, the host of a VM) often run at
-// different speeds within a call. Which thread takes a chunk changes no result: each chunk's
-// output depends on the chunk alone.
+// fresh gradient are mostly first touched by one thread only), and takes it in batches; a
+// thread that finishes its range goes on taking batches from the others'. A static split alone
+// makes every call as slow as its slower thread, and threads that share their cores with other
+// work (data loaders, other processes, the host of a VM) often run at different speeds within
+// a call. Which thread takes a chunk changes no result: each chunk's output depends on the
+// chunk alone.
 class ChunkQueue {
  public:
   explicit ChunkQueue(int64_t total)
-      : threads_(std::max<int64_t>(
-            1, std::min<int64_t>(at::get_num_threads(),
-                                 (total + kChunksPerTake - 1) / kChunksPerTake))),
+      : threads_(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total))),
+        take_(std::clamp<int64_t>(total / (threads_ * kMinTakesPerThread), 1, kMaxChunksPerTake)),
         ranges_(threads_) {
     for (int64_t t = 0; t < threads_; ++t) {
       ranges_[t].next.store(total * t / threads_, std::memory_order_relaxed);
@@ -87,9 +88,9 @@ class ChunkQueue {
         auto take = [&](int64_t& first, int64_t& last) {
           for (; visited < threads_; ++visited, range = (range + 1) % threads_) {
             Range& r = ranges_[range];
-            first = r.next.fetch_add(kChunksPerTake, std::memory_order_relaxed);
+            first = r.next.fetch_add(take_, std::memory_order_relaxed);
             if (first < r.end) {
-              last = std::min(first + kChunksPerTake, r.end);
+              last = std::min(first + take_, r.end);
               return true;
             }
           }
@@ -106,6 +107,7 @@ class ChunkQueue {
     int64_t end = 0;
   };
   const int64_t threads_;
+  const int64_t take_;  // chunks per batch
   std::vector<Range> ranges_;
 };
 
