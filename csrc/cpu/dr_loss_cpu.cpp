@@ -454,6 +454,25 @@ struct Chunking {
         total(pr.groups * per_group) {}
 };
 
+// Runs body(c, g, begin, n, kinds, p) for every chunk c, the elements [begin, begin + n) of
+// group g, on the intra-op threads (ChunkQueue); `kinds` and `p` (kChunk values) are the
+// calling thread's scratch, reused from one of its chunks to the next.
+template <typename acc_t, typename Body>
+void for_each_chunk(const Chunking& ch, const Body& body) {
+  ChunkQueue queue(ch.total);
+  queue.run([&](auto& take) {
+    ChunkKinds kinds;
+    acc_t p[kChunk];
+    int64_t first = 0, last = 0;
+    while (take(first, last)) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t begin = (c % ch.per_group) * kChunk;
+        body(c, c / ch.per_group, begin, std::min(kChunk, ch.elements - begin), kinds, p);
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename label_t>
 void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Problem& pr,
                   const LossOptions& opt, at::Tensor& losses, at::Tensor& stats) {
@@ -467,24 +486,14 @@ void forward_impl(const at::Tensor& logits, const at::Tensor& labels, const Prob
 
   // Partial triples per chunk, in double so the in-order merge adds no visible error.
   std::vector<SoftmaxTriple<double>> neg_parts(ch.total), pos_parts(ch.total);
-  ChunkQueue queue(ch.total);
-  queue.run([&](auto& take) {
-    ChunkKinds kinds;
-    acc_t p[kChunk];
-    int64_t first = 0, last = 0;
-    while (take(first, last)) {
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t g = c / ch.per_group;
-        const int64_t begin = (c % ch.per_group) * kChunk;
-        const int64_t n = std::min(kChunk, ch.elements - begin);
-        classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-        const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
-        neg_parts[c] =
-            h.fixed_neg ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
-                        : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
-        pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
-      }
-    }
+  for_each_chunk<acc_t>(ch, [&](int64_t c, int64_t g, int64_t begin, int64_t n,
+                               ChunkKinds& kinds, acc_t* p) {
+    classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
+    const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
+    neg_parts[c] = h.fixed_neg
+                       ? negative_triple<true, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end)
+                       : negative_triple<false, scalar_t>(x_chunk, p, kinds.neg, n, h, x_end);
+    pos_parts[c] = positive_triple(p, kinds.pos_index, kinds.num_pos, h);
   });
 
   const Hyper<double> hd =
@@ -526,30 +535,20 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   advise_huge_pages(out, grad_logits.numel() * static_cast<int64_t>(sizeof(scalar_t)));
   const Chunking ch(pr);
 
-  ChunkQueue queue(ch.total);
-  queue.run([&](auto& take) {
-    ChunkKinds kinds;
-    acc_t p[kChunk];
-    int64_t first = 0, last = 0;
-    while (take(first, last)) {
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t g = c / ch.per_group;
-        const int64_t begin = (c % ch.per_group) * kChunk;
-        const int64_t n = std::min(kChunk, ch.elements - begin);
-        const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
-        classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
-        const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
-        raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
-        if (h.fixed_neg) {
-          negative_grad_chunk<true, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
-        } else {
-          negative_grad_chunk<false, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
-        }
-        for (int64_t k = 0; k < kinds.num_pos; ++k) {
-          const int32_t i = kinds.pos_index[k];
-          out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
-        }
-      }
+  for_each_chunk<acc_t>(ch, [&](int64_t, int64_t g, int64_t begin, int64_t n,
+                               ChunkKinds& kinds, acc_t* p) {
+    const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
+    classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
+    const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
+    raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
+    if (h.fixed_neg) {
+      negative_grad_chunk<true, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+    } else {
+      negative_grad_chunk<false, scalar_t>(x_chunk, p, kinds.neg, n, gg, h, x_end, out_chunk);
+    }
+    for (int64_t k = 0; k < kinds.num_pos; ++k) {
+      const int32_t i = kinds.pos_index[k];
+      out_chunk[i] = Storage<scalar_t>::store(positive_grad(p[i], gg, h));
     }
   });
 }
