@@ -46,6 +46,7 @@ namespace drloss {
 using std::exp;
 using std::exp2;
 using std::fabs;
+using std::fma;
 using std::frexp;
 using std::log1p;
 
@@ -365,10 +366,14 @@ DRLOSS_HD acc_t finalize_group(const SoftmaxTriple<acc_t>& neg, const SoftmaxTri
 //   dloss/dx = coef_k * 2^(s2_k p - m_k) * (1 + s_k (p - E_k)) * p (1 - p)
 // with coef_neg = g * slope / Z_neg and coef_pos = -g * slope / Z_pos, because
 //   dE/dp = softmax weight * (1 + s (p - E)) for either sign (s_pos = -1 / pos_lambda).
+// The factor 1 + s_k (p - E_k) is evaluated as s_k p + offset_k with offset_k = 1 - s_k E_k
+// (one multiply-add, rounded once): one multiply-add per element where the plain form takes a
+// subtraction and a multiply-add. Its error, about eps (|1 - s E| + |s| p), stays within the
+// |s| (p + E) eps that rounding p and E already gives it wherever it cancels.
 template <typename acc_t>
 struct GroupGrad {
-  acc_t neg_coef, neg_max, neg_mean;
-  acc_t pos_coef, pos_max, pos_mean;
+  acc_t neg_coef, neg_max, neg_offset;
+  acc_t pos_coef, pos_max, pos_offset;
 };
 
 // One sign's coefficient `slope / Z` and shift `m` for the backward (policy 3). Past
@@ -400,27 +405,29 @@ DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
   GroupGrad<acc_t> gg;
   sign_coefficient(slope, stats[kNegSum], stats[kNegMax], gg.neg_coef, gg.neg_max);
   sign_coefficient(-slope, stats[kPosSum], stats[kPosMax], gg.pos_coef, gg.pos_max);
-  gg.neg_mean = stats[kNegMean];
-  gg.pos_mean = stats[kPosMean];
+  gg.neg_offset = fma(-h.s_neg, stats[kNegMean], acc_t(1));
+  gg.pos_offset = fma(-h.s_pos, stats[kPosMean], acc_t(1));
   return gg;
 }
 
-// dloss/dx of one element with probability p; `s`, `s2`, `coef`, `max`, `mean` are its sign's.
-// kFixedShift: the sign's shift is fixed (policy 1), which a caller may know for a whole loop.
+// dloss/dx of one element with probability p; `s`, `s2`, `coef`, `max`, `offset` are its
+// sign's. kFixedShift: the sign's shift is fixed (policy 1), which a caller may know for a
+// whole loop. p (1 - p) keeps its two operations: p - p * p would cancel near p = 1 wherever
+// the compiler does not fuse it into one multiply-add.
 template <bool kFixedShift = false, typename acc_t>
-DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t s2, acc_t coef, acc_t max, acc_t mean) {
+DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t s2, acc_t coef, acc_t max, acc_t offset) {
   const acc_t weight = shifted_weight<kFixedShift>(s2 * p - max);
-  return coef * weight * (acc_t(1) + s * (p - mean)) * (p * (acc_t(1) - p));
+  return coef * weight * (s * p + offset) * (p * (acc_t(1) - p));
 }
 
 template <bool kFixedShift = false, typename acc_t>
 DRLOSS_HD acc_t negative_grad(acc_t p, const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h) {
-  return element_grad<kFixedShift>(p, h.s_neg, h.s2_neg, gg.neg_coef, gg.neg_max, gg.neg_mean);
+  return element_grad<kFixedShift>(p, h.s_neg, h.s2_neg, gg.neg_coef, gg.neg_max, gg.neg_offset);
 }
 
 template <typename acc_t>
 DRLOSS_HD acc_t positive_grad(acc_t p, const GroupGrad<acc_t>& gg, const Hyper<acc_t>& h) {
-  return element_grad(p, h.s_pos, h.s2_pos, gg.pos_coef, gg.pos_max, gg.pos_mean);
+  return element_grad(p, h.s_pos, h.s2_pos, gg.pos_coef, gg.pos_max, gg.pos_offset);
 }
 
 template <typename acc_t>

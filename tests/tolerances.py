@@ -15,7 +15,8 @@ The bound. For an element of sign k (exponent scale s = 1/neg_lambda or -1/pos_l
 In a floating type with unit roundoff eps, the rounding of p and of the shifted exponent
 s p - m (|m| <= |s|) moves the exponent by about |s| (1 + p) eps, so w, and the element with
 it, carries a relative error of about (1 + |s| (1 + p)) eps; the
-factor f = 1 + s (p - E) carries an absolute error of about |s| (p + E) eps (it can cancel to 0,
+factor f = 1 + s (p - E) carries an absolute error of about |s| (p + E) eps from the roundings of
+p and E, and (|f| + |s| p) eps from its own evaluation as s p + (1 - s E) (it can cancel to 0,
 where a relative bound would be meaningless); p (1 - p) carries an absolute error of about p eps
 (1 - p is rounded near p = 1). So, with the element's own terms,
 
