@@ -50,6 +50,9 @@ namespace {
 
 constexpr int64_t kChunk = 2048;
 constexpr int64_t kMergesPerTask = 1 << 14;
+// The backward's per-group constants a task computes: a parallel region costs more than
+// thousands of them.
+constexpr int64_t kGroupGradsPerTask = 1 << 12;
 // Chunks a thread takes at a time, at most: tens of microseconds of work, so a thread that
 // runs out waits at most that long for the others, and one atomic add per batch costs nothing
 // measurable. Small problems take fewer at a time, so that each thread gets several batches.
@@ -535,9 +538,16 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   advise_huge_pages(out, grad_logits.numel() * static_cast<int64_t>(sizeof(scalar_t)));
   const Chunking ch(pr);
 
+  // Each group's constants once, not once per chunk (a group has thousands of chunks).
+  std::vector<GroupGrad<acc_t>> group_grads(pr.groups);
+  at::parallel_for(0, pr.groups, kGroupGradsPerTask, [&](int64_t first, int64_t last) {
+    for (int64_t g = first; g < last; ++g) {
+      group_grads[g] = make_group_grad(g_in[g], st + g * kNumStats, h);
+    }
+  });
   for_each_chunk<acc_t>(ch, [&](int64_t, int64_t g, int64_t begin, int64_t n,
                                ChunkKinds& kinds, acc_t* p) {
-    const GroupGrad<acc_t> gg = make_group_grad(g_in[g], st + g * kNumStats, h);
+    const GroupGrad<acc_t>& gg = group_grads[g];
     classify_chunk(y + g * pr.anchors, begin, begin + n, pr.classes, opt.first_label, kinds);
     const raw_of<scalar_t>* x_chunk = x + g * ch.elements + begin;
     raw_of<scalar_t>* out_chunk = out + g * ch.elements + begin;
