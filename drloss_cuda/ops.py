@@ -110,8 +110,13 @@ def _batch_first(tensor, dim, batch):
 
 def _as_groups(logits, labels):
     """Batch-first [B, N, A, C] / [B, M, C] logits and their labels as one problem of
-    [B * N, A, C] / [B, M, C] per-image logits, contiguous."""
-    return logits.reshape(-1, *logits.shape[-2:]).contiguous(), labels.reshape(-1, labels.shape[-1]).contiguous()
+    [B * N, A, C] / [B, M, C] per-image logits, contiguous. The number of groups is spelled out:
+    reshape cannot infer a -1 beside a zero size (A, M or C = 0)."""
+    groups = logits.shape[:-2].numel()
+    return (
+        logits.reshape(groups, *logits.shape[-2:]).contiguous(),
+        labels.reshape(groups, labels.shape[-1]).contiguous(),
+    )
 
 
 def _check_unbatched_hyperparameters(in_dims):

@@ -152,11 +152,16 @@ def test_torch_func_reverse_transforms_match_the_reference(device, generator):
     torch.testing.assert_close(jac, want_jac, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("shape", [(5, 2, 6, 3), (4, 30, 3)], ids=["per_image", "pooled"])
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 2, 6, 3), (4, 30, 3), (3, 2, 0, 5), (3, 2, 4, 0), (3, 0, 5)],
+    ids=["per_image", "pooled", "no_anchors", "no_classes", "pooled_no_anchors"],
+)
 @pytest.mark.parametrize("batched_labels", [True, False], ids=["batched_labels", "shared_labels"])
 def test_vmap_and_per_sample_gradients(device, generator, shape, batched_labels):
     # A batch of problems runs as one problem with more groups; per-sample gradients are
-    # vmap(grad(...)). Checked against a loop of the reference.
+    # vmap(grad(...)). Checked against a loop of the reference, empty problems included (each
+    # group then has the documented constant loss and a zero gradient).
     x = torch.randn(shape, dtype=torch.float64, device=device)
     y = torch.randint(-1, shape[-1] + 1, shape[:-1] if batched_labels else shape[1:-1], device=device)
     label_dim = 0 if batched_labels else None
