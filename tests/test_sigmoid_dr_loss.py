@@ -296,6 +296,24 @@ def expected_loss(e_neg, e_pos, L=DEFAULTS["L"], tau=DEFAULTS["tau"], margin=DEF
     return tau / L * math.log1p(math.exp(L * (e_neg - e_pos + margin)))
 
 
+@pytest.mark.parametrize("margin", [1.6, 30.0], ids=["L_d=22", "L_d=590"])
+def test_float64_exact_where_L_d_is_large(device, margin):
+    # One positive of p = 1/2 and no negative: E_pos = 1/2, E_neg = 0, so z = L d = L (margin -
+    # 1/2), the loss is tau / L * softplus(z) and dloss/dx = -tau * sigmoid(z) * p (1 - p) (the
+    # weight of the only positive is 1 and its factor 1 + s (p - E) is 1). Both sides to rounding,
+    # the reference included (softplus past its linear threshold was 1e-11 off at z = 22).
+    L, tau = 20.0, 4.0
+    z = L * (margin - 0.5)
+    want_loss = tau / L * (z + math.log1p(math.exp(-z)))
+    want_grad = -tau / (1.0 + math.exp(-z)) * 0.25
+    for loss_fn in (sigmoid_dr_loss, reference.sigmoid_dr_loss):
+        x = torch.zeros(1, 1, dtype=torch.float64, device=device, requires_grad=True)
+        loss = loss_fn(x, torch.zeros(1, dtype=torch.long, device=device), L=L, tau=tau, margin=margin)
+        loss.backward()
+        assert loss.item() == pytest.approx(want_loss, rel=4e-16, abs=0), loss_fn
+        assert x.grad.item() == pytest.approx(want_grad, rel=4e-16, abs=0), loss_fn
+
+
 def test_all_equal_probabilities_give_the_papers_value(device):
     # With every p equal, E_neg = E_pos = p, so the loss is tau/L*ln(1+e^(L*margin)).
     logits = torch.zeros(2, 100, 80, device=device)
