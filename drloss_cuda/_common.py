@@ -233,12 +233,28 @@ def kernel_labels(labels):
             "int64 (where a negative label means 'ignore'); convert them with labels.long() if every "
             "value is below 2**63"
         )
-    raise RuntimeError(f"sigmoid_dr_loss: labels must be an integer tensor, got {dtype}")
+    raise RuntimeError(
+        "sigmoid_dr_loss: labels must be an integer tensor (int64, int32, int16, int8, uint8, uint16 or "
+        f"uint32), got {dtype}"
+    )
 
 
 def check_same_device(logits, labels):
     if labels.device != logits.device:
         raise RuntimeError(device_message(logits, labels))
+
+
+def check_tensors(logits, labels):
+    """The op's tensor checks in its order (rank, logits dtype, labels dtype, shape, device) for
+    the public function and the reference, whose labels may be any integer type kernel_labels
+    widens. Returns the labels as the kernels take them."""
+    if logits.dim() not in (2, 3):
+        raise RuntimeError(rank_message(logits))
+    if logits.dtype not in LOGITS_TYPES:
+        raise RuntimeError(logits_dtype_message(logits))
+    labels = kernel_labels(labels)
+    check_logits_and_labels(logits, labels)
+    return labels
 
 
 def check_logits_and_labels(logits, labels):

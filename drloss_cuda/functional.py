@@ -60,15 +60,15 @@ def sigmoid_dr_loss(
     _common.check_dense_tensor("logits", logits)
     _common.check_dense_tensor("labels", labels)
     _common.check_reduction(reduction)
-    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
     if process_group is not None:
         from .distributed import check_process_group
 
         check_process_group(process_group)
-    labels = _common.kernel_labels(labels)
-    # The op's own checks, in its order, before anything else touches the tensors: every path
-    # (this function, the reference, the op, its fake kernel) reports the same first problem.
-    _common.check_logits_and_labels(logits, labels)
+    # The op's own checks, in its order (the tensors, then the hyperparameters), before anything
+    # else touches the tensors: every path (this function, the reference, the op, its fake
+    # kernel) reports the same first problem.
+    labels = _common.check_tensors(logits, labels)
+    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
     _common.check_reverse_mode(logits)
     # One copy per call chain: the op receives (and autograd saves) contiguous tensors, so the
     # backward reads what the forward read and copies nothing. The copy is differentiable, so a

@@ -79,10 +79,10 @@ def sigmoid_dr_loss(
     _common.check_dense_tensor("logits", logits)
     _common.check_dense_tensor("labels", labels)
     _common.check_reduction(reduction)
-    # The fused function's argument decisions, with its messages (drloss_cuda/_common.py).
+    # The fused function's argument decisions, in its order and with its messages
+    # (drloss_cuda/_common.py).
+    labels = _common.check_tensors(logits, labels)
     hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
-    labels = _common.kernel_labels(labels)
-    _common.check_logits_and_labels(logits, labels)
 
     x = logits.to(_common.accumulate_dtype(logits.dtype))
     labels = labels.long()

@@ -186,22 +186,38 @@ def test_second_derivatives_are_refused(generator):
 
 
 @pytest.mark.parametrize(
-    "logits, labels, message",
+    "logits, labels, hyper, message",
     [
-        # Two problems at once: every path names the first the op checks (rank before device,
-        # dtype before device).
-        (torch.randn(3, device="meta"), torch.zeros((), dtype=torch.long), "logits must have shape"),
-        (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long, device="meta"), "logits must be float32"),
-        (torch.randn(2, 3), torch.zeros(3, dtype=torch.long, device="meta"), "labels must have shape"),
+        # Two problems at once: every path names the first the op checks: the tensors (rank,
+        # logits dtype, labels dtype, shape, device), then the hyperparameters.
+        (torch.randn(3, device="meta"), torch.zeros((), dtype=torch.long), {}, "logits must have shape"),
+        (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long, device="meta"), {}, "logits must be float32"),
+        (torch.randn(2, 3), torch.zeros(3, dtype=torch.long, device="meta"), {}, "labels must have shape"),
+        (torch.randn(5), torch.zeros(5), {}, "logits must have shape"),
+        (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2), {}, "logits must be float32"),
+        (torch.randn(2, 3), torch.zeros(3), {}, "labels must be an integer tensor"),
+        (torch.randn(5), torch.zeros(5, dtype=torch.long), {"tau": -1.0}, "logits must have shape"),
+        (torch.randn(2, 3), torch.zeros(2, dtype=torch.long, device="meta"), {"L": 0.0}, "labels must be on the same device"),
     ],
-    ids=["rank_before_device", "dtype_before_device", "shape_before_device"],
+    ids=[
+        "rank_before_device",
+        "dtype_before_device",
+        "shape_before_device",
+        "rank_before_labels_dtype",
+        "logits_dtype_before_labels_dtype",
+        "labels_dtype_before_shape",
+        "tensors_before_hyperparameters",
+        "device_before_hyperparameters",
+    ],
 )
-def test_every_path_reports_the_same_first_problem(logits, labels, message):
-    for loss_fn in (sigmoid_dr_loss, reference.sigmoid_dr_loss, SigmoidDRLoss()):
+def test_every_path_reports_the_same_first_problem(logits, labels, hyper, message):
+    paths = [sigmoid_dr_loss, reference.sigmoid_dr_loss] + ([] if hyper else [SigmoidDRLoss()])
+    for loss_fn in paths:
         with pytest.raises(RuntimeError, match=message):
-            loss_fn(logits, labels)
+            loss_fn(logits, labels, **hyper)
+    op_hyper = dict(pos_lambda=1.0, neg_lambda=0.1, L=6.0, tau=4.0, margin=0.5, first_label=0) | hyper
     with pytest.raises(RuntimeError, match=message):
-        drloss_cuda.ops.forward_op(logits, labels, 1.0, 0.1, 6.0, 4.0, 0.5, 0)
+        drloss_cuda.ops.forward_op(logits, labels, *op_hyper.values())
 
 
 # --- torch.compile --------------------------------------------------------------------------------
