@@ -161,8 +161,9 @@ def as_float_hyperparameter(name, value):
         raise TypeError(f"sigmoid_dr_loss: {name} must be a real number, got {type(value).__name__} {value!r}")
     try:
         return float(value)
-    except OverflowError:  # an integer beyond the float range
-        raise ValueError(f"sigmoid_dr_loss: {name} must be a finite number, got an integer of {value.bit_length()} bits") from None
+    except OverflowError:  # an integer or a fraction beyond the float range
+        got = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else f"a {type(value).__name__} beyond the float range"
+        raise ValueError(f"sigmoid_dr_loss: {name} must be a finite number, got {got}") from None
 
 
 def as_first_label(value):

@@ -68,10 +68,12 @@ def test_sparse_labels_are_refused(generator, loss_fn):
 
 @pytest.mark.parametrize("loss_fn", PATHS)
 @pytest.mark.parametrize("name", ["pos_lambda", "neg_lambda", "L", "tau", "margin"])
-def test_integers_beyond_the_float_range_are_refused_by_name(generator, loss_fn, name):
+def test_numbers_beyond_the_float_range_are_refused_by_name(generator, loss_fn, name):
     x, y = inputs(generator)
     with pytest.raises(ValueError, match=f"{name} must be a finite number, got an integer of 1329 bits"):
         loss_fn(x, y, **{name: 10**400})
+    with pytest.raises(ValueError, match=f"{name} must be a finite number, got a Fraction beyond the float range"):
+        loss_fn(x, y, **{name: fractions.Fraction(10**400, 3)})
 
 
 @pytest.mark.parametrize("loss_fn", PATHS)
