@@ -45,7 +45,10 @@ LAMBDAS = ("pos_lambda", "neg_lambda")
 
 
 def shape_text(shape):
-    return str([int(s) if isinstance(s, int) else s for s in shape])
+    """A shape as the C++ messages write it, [2, 30]. f-strings rather than str(), which Dynamo
+    cannot trace on a list or an int: under torch.compile(fullgraph=True) the message would be
+    lost to Dynamo's own error."""
+    return "[" + ", ".join(f"{s}" for s in shape) + "]"
 
 
 def rank_message(logits):

@@ -5,6 +5,7 @@ reference, the op) unless said otherwise; docs/design.md lists them."""
 
 import fractions
 import math
+import re
 import warnings
 
 import numpy as np
@@ -246,6 +247,30 @@ def test_bad_values_traced_by_compile_raise_the_same_error(generator, name, good
     with pytest.raises(ValueError, match=message):
         compiled(x, y, bad)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "logits_shape, labels_shape, message",
+    [
+        ((2, 30, 4), (2, 29), r"labels must have shape \[2, 30\] \(logits' shape without the class dimension\), got \[2, 29\]"),
+        ((5,), (5,), r"logits must have shape \[N, A, C\] .* got \[5\]"),
+    ],
+    ids=["labels_shape", "rank"],
+)
+def test_shape_errors_keep_their_message_under_fullgraph_dynamic_compile(logits_shape, labels_shape, message):
+    # Dynamo wraps the error in its own; ours, with the sizes, is in the chain of causes.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: sigmoid_dr_loss(a, b), fullgraph=True, dynamic=True)
+    with pytest.raises(Exception) as info:
+        compiled(torch.randn(logits_shape), torch.zeros(labels_shape, dtype=torch.long))
+    chain, error = [], info.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    torch._dynamo.reset()
+    assert re.search(message, " | ".join(chain)), chain
 
 
 # --- the reference at extreme L -------------------------------------------------------------------
