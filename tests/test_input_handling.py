@@ -177,6 +177,16 @@ def test_vmap_and_per_sample_gradients(device, generator, shape, batched_labels)
         torch.testing.assert_close(grads[i], torch.func.grad(lambda t: reference.sigmoid_dr_loss(t, yi))(x[i]), rtol=1e-10, atol=1e-14)
 
 
+def test_reference_vmaps_over_logits_not_over_labels(generator):
+    # Documented: the reference's boolean masks have a size that depends on the labels' values.
+    x = torch.randn(3, 2, 5, 4, dtype=torch.float64)  # drawn from the seed `generator` set
+    y = torch.randint(-1, 5, (3, 2, 5))
+    got = torch.func.vmap(lambda t: reference.sigmoid_dr_loss(t, y[0], reduction="none"))(x)
+    torch.testing.assert_close(got, torch.stack([reference.sigmoid_dr_loss(t, y[0], reduction="none") for t in x]), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="boolean mask"):
+        torch.func.vmap(reference.sigmoid_dr_loss)(x, y)
+
+
 def test_second_derivatives_are_refused(generator):
     x, y = inputs(generator)
     with pytest.raises(RuntimeError, match="jvp"):  # torch's words for a Function without one
