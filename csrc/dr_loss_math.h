@@ -24,10 +24,13 @@
 //     added one by one in float would be off by ~1e-4). Partials of blocks and chunks are merged
 //     in double, in a fixed order.
 //  3. Backward coefficient. An element's gradient is (slope / Z) * 2^(t - m) * ...; with a fixed
-//     shift Z can be as small as 2^-93, so slope / Z alone overflows float once slope exceeds
-//     about 2^35 (a loss scaled by 1e11, or tau = 1e12), though every gradient is finite (each
-//     2^(t - m) <= Z). Where slope / Z would exceed kMaxPlainCoef, Z's power of two moves into
-//     the shift instead (see make_group_grad); below it nothing changes, bit for bit.
+//     shift Z can be as small as 2^-93, and the slope g tau sigmoid(L d) can exceed float's range
+//     itself (a loss scaled by 1e38, tau = 1e39), though the gradient elements are finite (each
+//     2^(t - m) <= Z, and p (1 - p) <= 1/4). So the slope and slope / Z are computed in double,
+//     and where slope / Z exceeds kMaxPlainCoef its power of two beyond that moves into the shift
+//     (see sign_coefficient); below it the coefficient is slope / Z rounded once. An element
+//     still overflows where coef * weight * factor (its share of the slope times 1 + s (p - E))
+//     passes float's range before p (1 - p) scales it back: only with a slope near that range.
 #pragma once
 
 #include <cmath>
@@ -376,32 +379,43 @@ struct GroupGrad {
   acc_t pos_coef, pos_max, pos_offset;
 };
 
-// One sign's coefficient `slope / Z` and shift `m` for the backward (policy 3). Past
-// kMaxPlainCoef, Z = mant * 2^e gives coefficient slope / mant and shift m + e: the same
-// products, with no intermediate beyond |2 slope|. Only Z < 1 can need it, which only a fixed
-// shift gives (a running max puts a term of 1 into Z): there m + e is exact (an integer e in
-// [-92, 0] added to m in [0, 93)), and the exponents t - m - e stay in [-93, 93], inside
-// exp2_in_range's domain. A sign with no element gets a zero coefficient (never read, but
-// never inf either); a NaN Z passes through.
+// One sign's coefficient `slope / Z` and shift `m` for the backward (policy 3), from the slope
+// in double. Up to kMaxPlainCoef the coefficient is c = slope / Z rounded once to acc_t. Past
+// it, c = mant * 2^e and the shift becomes m - k with k = min(e - 100, 126): the exponents
+// t - m + k of the elements then lie in [-93 + k, k] (t - m <= 0, and >= -93 with a fixed
+// shift), inside exp2_in_range's domain, and the coefficient is near 2^100 (at most 2^127 for
+// a c below 2^254; beyond that it is inf, as are the elements). m - k is rounded to acc_t, so
+// the coefficient takes what the rounding moved: c * 2^(new shift - m) (for a float shift that
+// difference is exact in double). A sign with no element gets a zero coefficient (never read, but never inf
+// either); a NaN Z or slope passes through.
 template <typename acc_t>
-DRLOSS_HD void sign_coefficient(acc_t slope, acc_t z, acc_t m, acc_t& coef, acc_t& max) {
+DRLOSS_HD void sign_coefficient(double slope, acc_t z, acc_t m, acc_t& coef, acc_t& max) {
   max = m;
   if (z == acc_t(0)) {
     coef = acc_t(0);
-  } else if (z < acc_t(1) && fabs(slope) > z * acc_t(kMaxPlainCoef)) {
-    int e = 0;
-    const acc_t mant = frexp(z, &e);  // z = mant * 2^e, mant in [1/2, 1)
-    coef = slope / mant;
-    max = m + static_cast<acc_t>(e);
-  } else {
-    coef = slope / z;
+    return;
   }
+  const double c = slope / static_cast<double>(z);
+  if (!(fabs(c) > kMaxPlainCoef)) {  // NaN included
+    coef = static_cast<acc_t>(c);
+    return;
+  }
+  int e = 0;
+  frexp(c, &e);  // e > 100 for a finite c; unspecified for inf, hence the clamp on both sides
+  const int k = e - 100 < 1 ? 1 : (e - 100 > 126 ? 126 : e - 100);
+  max = static_cast<acc_t>(static_cast<double>(m) - k);
+  coef = static_cast<acc_t>(c * exp2(static_cast<double>(max) - static_cast<double>(m)));
 }
 
+// The backward's per-group constants. The slope g tau sigmoid(L d) and slope / Z in double
+// (policy 3: `hd`, the hyperparameters in double); the offsets 1 - s E in acc_t, with the s
+// the element loops use (`h`), so that s p + offset cancels as 1 + s (p - E) does.
 template <typename acc_t>
 DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
-                                           const Hyper<acc_t>& h) {
-  const acc_t slope = grad_loss * group_loss_slope(stats[kNegMean], stats[kPosMean], h);
+                                           const Hyper<acc_t>& h, const Hyper<double>& hd) {
+  const double slope =
+      static_cast<double>(grad_loss) * group_loss_slope(static_cast<double>(stats[kNegMean]),
+                                                        static_cast<double>(stats[kPosMean]), hd);
   GroupGrad<acc_t> gg;
   sign_coefficient(slope, stats[kNegSum], stats[kNegMax], gg.neg_coef, gg.neg_max);
   sign_coefficient(-slope, stats[kPosSum], stats[kPosMax], gg.pos_coef, gg.pos_max);

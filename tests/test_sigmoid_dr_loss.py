@@ -182,14 +182,22 @@ def test_upstream_gradient_other_than_one(device, generator):
 
 @pytest.mark.parametrize(
     "scale, hyper",
-    [(1e14, {}), (1.0, {"tau": 1e15}), (1e30, {"pos_lambda": 1 / 64})],
-    ids=["upstream_1e14", "tau_1e15", "upstream_1e30_positives"],
+    [
+        (1e14, {}),
+        (1.0, {"tau": 1e15}),
+        (1e30, {"pos_lambda": 1 / 64}),
+        (1e38, {}),
+        (1.0, {"tau": 1e39, "margin": -1.0}),
+    ],
+    ids=["upstream_1e14", "tau_1e15", "upstream_1e30_positives", "upstream_1e38", "tau_1e39"],
 )
 def test_large_slopes_keep_the_gradient_finite(device, generator, scale, hyper):
     # With a fixed shift Z can be as small as 2^-93 (every p near 0 at neg_lambda = 1/64, or
     # near 1 for the positives at pos_lambda = 1/64), and slope / Z overflowed float to inf
     # once slope passed about 2^35 / (number of elements) (policy 3 of csrc/dr_loss_math.h),
     # though every element is finite; float64 had no such limit. Here Z_neg is about 2^-85.5.
+    # The slope itself, g tau sigmoid(L d), overflowed float beyond 3.4e38 (a loss scaled by
+    # 1e38 at tau = 4, or tau = 1e39, which float cannot hold): it is computed in double.
     near = 12.0 if "pos_lambda" in hyper else -30.0
     logits = (near + torch.randn(2, 50, 3)).to(device)
     labels = torch.randint(0, 4, (2, 50)).to(device)  # a quarter background, the rest a class
@@ -197,6 +205,16 @@ def test_large_slopes_keep_the_gradient_finite(device, generator, scale, hyper):
     weights = torch.full((2,), scale, device=device)
     _, grad = assert_matches_float64(logits, labels, grad_weights=weights, **kwargs)
     assert torch.isfinite(grad).all() and (grad != 0).any()
+
+
+def test_L_beyond_the_float_range_in_the_float32_backward(device):
+    # One positive of p = 1/2 and no negative, margin 1/2: d = 0, so L d = 0 for any finite L,
+    # and dloss/dx = -tau sigmoid(0) p (1 - p) = -1/2. A float L of 1e39 was inf, and inf * 0 NaN.
+    x = torch.zeros(1, 1, device=device, requires_grad=True)
+    loss = sigmoid_dr_loss(x, torch.zeros(1, dtype=torch.long, device=device), L=1e39, margin=0.5)
+    loss.backward()
+    assert x.grad.item() == pytest.approx(-0.5, rel=1e-6)
+    assert loss.item() == pytest.approx(4.0 / 1e39 * math.log(2.0), rel=1e-6)
 
 
 def mixed_labels(mix, shape, C, first_label=0):

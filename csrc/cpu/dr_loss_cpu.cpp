@@ -539,10 +539,12 @@ void backward_impl(const at::Tensor& grad_losses, const at::Tensor& logits,
   const Chunking ch(pr);
 
   // Each group's constants once, not once per chunk (a group has thousands of chunks).
+  const Hyper<double> hd =
+      make_hyper<double>(opt.pos_lambda, opt.neg_lambda, opt.L, opt.tau, opt.margin);
   std::vector<GroupGrad<acc_t>> group_grads(pr.groups);
   at::parallel_for(0, pr.groups, kGroupGradsPerTask, [&](int64_t first, int64_t last) {
     for (int64_t g = first; g < last; ++g) {
-      group_grads[g] = make_group_grad(g_in[g], st + g * kNumStats, h);
+      group_grads[g] = make_group_grad(g_in[g], st + g * kNumStats, h, hd);
     }
   });
   for_each_chunk<acc_t>(ch, [&](int64_t, int64_t g, int64_t begin, int64_t n,

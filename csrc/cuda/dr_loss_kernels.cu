@@ -480,7 +480,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
                     const typename AccOf<scalar_t>::type* __restrict__ stats, int64_t groups,
                     int64_t anchors, int64_t classes, int64_t blocks_per_group,
                     int64_t per_block, int64_t first_label,
-                    Hyper<typename AccOf<scalar_t>::type> h, scalar_t* __restrict__ grad_logits) {
+                    Hyper<typename AccOf<scalar_t>::type> h, Hyper<double> hd,
+                    scalar_t* __restrict__ grad_logits) {
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t elements = anchors * classes;
   const int64_t items = groups * blocks_per_group;
@@ -488,7 +489,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const Range r = item_range(item, blocks_per_group, per_block, elements);
     if (r.lo >= r.hi) continue;
     const GroupGrad<acc_t> gg =
-        make_group_grad(grad_losses[r.group], stats + r.group * kNumStats, h);
+        make_group_grad(grad_losses[r.group], stats + r.group * kNumStats, h, hd);
     scalar_t* gout = grad_logits + r.group * elements;
     auto on_vector = [&](int64_t e, const acc_t(&x)[N], VectorKinds kinds) {
       acc_t p[N];
@@ -710,6 +711,7 @@ cudaError_t launch_backward(LogitsType logits_type, const void* grad_losses, con
                   s.groups, s.anchors, s.classes, plan.blocks_per_group, plan.per_block,
                   hp.first_label,
                   make_hyper<acc_t>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin),
+                  make_hyper<double>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin),
                   static_cast<scalar_t*>(grad_logits));
   });
 }
