@@ -1,6 +1,8 @@
 // The backward's gradient loop with its factor 1 + s (p - E) in the plain form (a subtraction
 // and a multiply-add) and as s p + (1 - s E) (one multiply-add), next to the sigmoid and the
 // forward's terms for scale: 128-element blocks in L1, one thread, the header's exp2 and sigmoid.
+// Built against the header of 133c27d (since ae5966b make_group_grad also takes the
+// hyperparameters in double):
 //   g++ -O3 -fopenmp-simd -std=c++17 -I csrc benchmarks/results/cpu_xeon_20261127_c/backward_factor_probe.cpp -o probe
 //   ./probe 3000
 #include "dr_loss_math.h"
