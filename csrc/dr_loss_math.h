@@ -29,8 +29,9 @@
 //     2^(t - m) <= Z, and p (1 - p) <= 1/4). So the slope and slope / Z are computed in double,
 //     and where slope / Z exceeds kMaxPlainCoef its power of two beyond that moves into the shift
 //     (see sign_coefficient); below it the coefficient is slope / Z rounded once. An element
-//     still overflows where coef * weight * factor (its share of the slope times 1 + s (p - E))
-//     passes float's range before p (1 - p) scales it back: only with a slope near that range.
+//     still overflows where coef * weight (its share of the slope) or that times its factor
+//     1 + s (p - E) passes float's range before p (1 - p) scales it back: only with a slope near
+//     that range.
 #pragma once
 
 #include <cmath>
