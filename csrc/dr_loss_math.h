@@ -387,8 +387,8 @@ struct GroupGrad {
 // shift), inside exp2_in_range's domain, and the coefficient is near 2^100 (at most 2^127 for
 // a c below 2^254; beyond that it is inf, as are the elements). m - k is rounded to acc_t, so
 // the coefficient takes what the rounding moved: c * 2^(new shift - m) (for a float shift that
-// difference is exact in double). A sign with no element gets a zero coefficient (never read, but never inf
-// either); a NaN Z or slope passes through.
+// difference is exact in double). A sign with no element gets a zero coefficient (never read,
+// but never inf either); a NaN Z or slope passes through.
 template <typename acc_t>
 DRLOSS_HD void sign_coefficient(double slope, acc_t z, acc_t m, acc_t& coef, acc_t& max) {
   max = m;

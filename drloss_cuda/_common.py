@@ -252,12 +252,9 @@ def check_tensors(logits, labels):
     """The op's tensor checks in its order (rank, logits dtype, labels dtype, shape, device) for
     the public function and the reference, whose labels may be any integer type kernel_labels
     widens. Returns the labels as the kernels take them."""
-    if logits.dim() not in (2, 3):
-        raise RuntimeError(rank_message(logits))
-    if logits.dtype not in LOGITS_TYPES:
-        raise RuntimeError(logits_dtype_message(logits))
+    check_logits(logits)
     labels = kernel_labels(labels)
-    check_logits_and_labels(logits, labels)
+    check_labels(logits, labels)
     return labels
 
 
@@ -268,16 +265,25 @@ def check_logits_and_labels(logits, labels):
     torch._check with a message closure, and these properties are static (the shape comparison
     becomes a guard under dynamic shapes). Labels are expected to be kernel labels. Returns the
     number of groups."""
+    check_logits(logits)
+    check_labels(logits, labels)
+    return logits.shape[0] if logits.dim() == 3 else 1
+
+
+def check_logits(logits):
     if logits.dim() not in (2, 3):
         raise RuntimeError(rank_message(logits))
     if logits.dtype not in LOGITS_TYPES:
         raise RuntimeError(logits_dtype_message(logits))
+
+
+def check_labels(logits, labels):
+    """Kernel labels' dtype, then their shape and device against checked logits."""
     if labels.dtype not in KERNEL_LABEL_TYPES:
         raise RuntimeError(kernel_labels_dtype_message(labels))
     if labels.shape != logits.shape[:-1]:
         raise RuntimeError(labels_shape_message(logits, labels))
     check_same_device(logits, labels)
-    return logits.shape[0] if logits.dim() == 3 else 1
 
 
 def accumulate_dtype(dtype):
