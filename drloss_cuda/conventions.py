@@ -15,8 +15,8 @@ converters never renumber classes, they only translate how background and ignore
 Nothing here imports a framework: the inputs are plain tensors, so the converters work (and
 are tested) without torchvision, detectron2 or mmdetection installed.
 
-The `check=True` argument validates the values (one host sync per check); pass check=False in
-a training loop once the wiring is known to be right.
+The `check=True` argument validates the values (a host sync per call, two for from_mmdet's labels
+and weights); pass check=False in a training loop once the wiring is known to be right.
 """
 
 import torch
@@ -59,6 +59,15 @@ def _check_range(name, t, low, high):
         raise ValueError(f"{name} must lie in [{low}, {high - 1}], found {bad}")
 
 
+def _check_ranges(ranges):
+    """Every (name, t, low, high) of `ranges` within [low, high), with one host sync for all of
+    them (a per-image check would take one per image); the first one out of range is then named."""
+    flags = [((t < low) | (t >= high)).any() for _, t, low, high in ranges if t.numel()]
+    if flags and bool(torch.stack([f.to(flags[0].device) for f in flags]).any()):
+        for name, t, low, high in ranges:
+            _check_range(name, t, low, high)
+
+
 def from_torchvision(matched_idxs, gt_labels, num_classes, *, check=True):
     """Labels from torchvision RetinaNet's matcher output.
 
@@ -86,12 +95,15 @@ def from_torchvision(matched_idxs, gt_labels, num_classes, *, check=True):
     if len(gt_labels) != matched.shape[0]:
         raise ValueError(f"gt_labels has {len(gt_labels)} images, matched_idxs has {matched.shape[0]}")
     _check_integer("matched_idxs", matched)
-    out = []
+    ranges = []
     for i, (m, gt) in enumerate(zip(matched, gt_labels)):
         _check_integer(f"gt_labels[{i}]", gt)
-        if check:
-            _check_range(f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0])
-            _check_range(f"gt_labels[{i}]", gt, 0, num_classes)
+        ranges += [(f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0]),
+                   (f"gt_labels[{i}]", gt, 0, num_classes)]
+    if check:
+        _check_ranges(ranges)
+    out = []
+    for m, gt in zip(matched, gt_labels):
         # Append the background label so that -1/-2 can gather it: no host sync, no empty index.
         table = torch.cat([gt.to(device=m.device, dtype=torch.int64),
                            torch.full((1,), num_classes, dtype=torch.int64, device=m.device)])

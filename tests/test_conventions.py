@@ -67,6 +67,23 @@ def test_torchvision_checks():
         conventions.from_torchvision([torch.tensor([0.0])], [torch.tensor([2])], 4)
 
 
+def test_torchvision_checks_a_batch_with_one_host_sync(monkeypatch):
+    # One bool() for all the images' ranges (per-image checks took two host syncs per image);
+    # the per-range check, which names the culprit, runs only when something is out of range.
+    matched = [torch.tensor([0, -1, -2]), torch.tensor([-1, 1, 0]), torch.tensor([0, -2, -1])]
+    gts = [torch.tensor([2]), torch.tensor([0, 3]), torch.tensor([1])]
+    named, syncs = [], []
+    monkeypatch.setattr(conventions, "_check_range", lambda *args: named.append(args[0]))
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: syncs.append(1) or real_bool(t))
+    conventions.from_torchvision(matched, gts[:2] + [torch.tensor([1])], 4)
+    assert named == [] and len(syncs) == 1
+    monkeypatch.undo()
+    gts[2] = torch.tensor([4])
+    with pytest.raises(ValueError, match=r"gt_labels\[2\] must lie in \[0, 3\], found 4"):
+        conventions.from_torchvision(matched, gts, 4)
+
+
 def test_torchvision_real_matcher(generator):
     """With torchvision installed: its own Matcher and box_iou produce the matched_idxs."""
     try:  # a torchvision whose compiled ops fail to load raises RuntimeError, not ImportError

@@ -236,6 +236,10 @@ def test_torchvision_use_dr_loss_options(generator):
     torch.testing.assert_close(torch.sigmoid(model.head.classification_head.cls_logits.bias.detach()),
                                torch.full_like(bias, 0.3))
     assert isinstance(model.head.classification_head.dr_loss, drloss_cuda.SigmoidDRLoss)
+    # A plain function replaces the loss module of an earlier call (a submodule attribute).
+    use_dr_loss(model, prior=None, loss=reference.sigmoid_dr_loss)
+    assert model.head.classification_head.dr_loss is reference.sigmoid_dr_loss
+    assert "dr_loss" not in model.head.classification_head._modules
     with pytest.raises(TypeError, match="RetinaNet"):
         use_dr_loss(nn.Linear(2, 2))
     # Built directly, the head starts at DR loss's prior.
@@ -252,6 +256,11 @@ def test_torchvision_use_dr_loss_checks_before_changing_anything():
         with pytest.raises((TypeError, ValueError), match="prior"):
             integration.use_dr_loss(model, prior=bad)
         assert type(head) is kind and not hasattr(head, "dr_loss") and torch.equal(head.cls_logits.bias, bias)
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        integration.use_dr_loss(model, prior=0.01, loss="not a callable")
+    assert type(head) is kind and not hasattr(head, "dr_loss") and torch.equal(head.cls_logits.bias, bias)
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        integration.DRLossClassificationHead(8, 9, 3, loss=4.0)
 
 
 def test_torchvision_use_dr_loss_keeps_a_custom_head_class(generator):

@@ -15,6 +15,8 @@ Importing this module imports torchvision; it raises ImportError when torchvisio
 fails to load.
 """
 
+import torch
+
 from .. import conventions
 from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
 from . import fused_loss_module, import_framework
@@ -39,6 +41,7 @@ class DRLossClassificationHead(RetinaNetClassificationHead):
 
     def __init__(self, in_channels, num_anchors, num_classes, prior_probability=DR_LOSS_PRIOR, norm_layer=None,
                  *, loss=None, check_targets=True):
+        _check_loss(loss)
         super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability,
                          norm_layer=norm_layer)
         self.dr_loss = fused_loss_module() if loss is None else loss
@@ -83,10 +86,19 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None, check_targets=True):
     if not isinstance(head, RetinaNetClassificationHead):
         raise TypeError("model must be a torchvision RetinaNet (model.head.classification_head a "
                         f"RetinaNetClassificationHead), got {type(model).__name__}")
+    _check_loss(loss)
     if prior is not None:  # first: it checks the prior before it sets the bias
         init_classifier_prior(head.cls_logits, prior)
     if not isinstance(head, DRLossClassificationHead):
         head.__class__ = _dr_loss_class(type(head))
-    head.dr_loss = fused_loss_module() if loss is None else loss
+    new_loss = fused_loss_module() if loss is None else loss
+    if not isinstance(new_loss, torch.nn.Module) and "dr_loss" in head._modules:
+        del head.dr_loss  # a submodule cannot be overwritten by a plain callable
+    head.dr_loss = new_loss
     head.check_targets = check_targets
     return model
+
+
+def _check_loss(loss):
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a callable (logits [N, A, C], labels [N, A]) -> loss, got {type(loss).__name__}")
