@@ -95,13 +95,12 @@ def from_torchvision(matched_idxs, gt_labels, num_classes, *, check=True):
     if len(gt_labels) != matched.shape[0]:
         raise ValueError(f"gt_labels has {len(gt_labels)} images, matched_idxs has {matched.shape[0]}")
     _check_integer("matched_idxs", matched)
-    ranges = []
-    for i, (m, gt) in enumerate(zip(matched, gt_labels)):
+    for i, gt in enumerate(gt_labels):
         _check_integer(f"gt_labels[{i}]", gt)
-        ranges += [(f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0]),
-                   (f"gt_labels[{i}]", gt, 0, num_classes)]
     if check:
-        _check_ranges(ranges)
+        _check_ranges([r for i, (m, gt) in enumerate(zip(matched, gt_labels))
+                       for r in ((f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0]),
+                                 (f"gt_labels[{i}]", gt, 0, num_classes))])
     out = []
     for m, gt in zip(matched, gt_labels):
         # Append the background label so that -1/-2 can gather it: no host sync, no empty index.

@@ -41,10 +41,10 @@ class DRLossClassificationHead(RetinaNetClassificationHead):
 
     def __init__(self, in_channels, num_anchors, num_classes, prior_probability=DR_LOSS_PRIOR, norm_layer=None,
                  *, loss=None, check_targets=True):
-        _check_loss(loss)
+        dr_loss = _loss_or_default(loss)
         super().__init__(in_channels, num_anchors, num_classes, prior_probability=prior_probability,
                          norm_layer=norm_layer)
-        self.dr_loss = fused_loss_module() if loss is None else loss
+        self.dr_loss = dr_loss
         self.check_targets = check_targets
 
     def compute_loss(self, targets, head_outputs, matched_idxs):
@@ -86,12 +86,11 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None, check_targets=True):
     if not isinstance(head, RetinaNetClassificationHead):
         raise TypeError("model must be a torchvision RetinaNet (model.head.classification_head a "
                         f"RetinaNetClassificationHead), got {type(model).__name__}")
-    _check_loss(loss)
+    new_loss = _loss_or_default(loss)
     if prior is not None:  # first: it checks the prior before it sets the bias
         init_classifier_prior(head.cls_logits, prior)
     if not isinstance(head, DRLossClassificationHead):
         head.__class__ = _dr_loss_class(type(head))
-    new_loss = fused_loss_module() if loss is None else loss
     if not isinstance(new_loss, torch.nn.Module) and "dr_loss" in head._modules:
         del head.dr_loss  # a submodule cannot be overwritten by a plain callable
     head.dr_loss = new_loss
@@ -99,6 +98,10 @@ def use_dr_loss(model, *, prior=DR_LOSS_PRIOR, loss=None, check_targets=True):
     return model
 
 
-def _check_loss(loss):
-    if loss is not None and not callable(loss):
+def _loss_or_default(loss):
+    """`loss` once checked to be callable, or the fused SigmoidDRLoss for None."""
+    if loss is None:
+        return fused_loss_module()
+    if not callable(loss):
         raise TypeError(f"loss must be a callable (logits [N, A, C], labels [N, A]) -> loss, got {type(loss).__name__}")
+    return loss
