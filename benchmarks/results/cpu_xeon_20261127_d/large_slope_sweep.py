@@ -3,7 +3,9 @@ fused gradient against the tests' float64 evaluation and its per-element bound
 (tests/tolerances.py), element by element, leaving out the elements docs/design.md (policy 3)
 says may overflow: those whose share of the slope, or that times 1 + s (p - E), passes 3e38.
 
-    PYTHONPATH=. python benchmarks/results/cpu_xeon_20261127_d/large_slope_sweep.py SEED CASES
+    PYTHONPATH=. python benchmarks/results/cpu_xeon_20261127_d/large_slope_sweep.py SEED CASES [DEVICE]
+
+DEVICE (default cpu) runs the fused loss there; the float64 evaluation stays on the CPU.
 """
 import random, sys, torch
 sys.path.insert(0, "tests")
@@ -11,6 +13,7 @@ from tolerances import dense_float64
 from drloss_cuda import sigmoid_dr_loss as F
 torch.set_num_threads(2)
 rng = random.Random(int(sys.argv[1]))
+device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
 bad = cases = 0
 for case in range(int(sys.argv[2])):
     N, A, C = rng.randint(1, 3), rng.randint(1, 60), rng.randint(1, 6)
@@ -20,15 +23,15 @@ for case in range(int(sys.argv[2])):
                  L=10 ** rng.uniform(-3, 8), tau=10 ** rng.uniform(-5, 40), margin=rng.uniform(-3, 3), first_label=0)
     g = torch.tensor([10 ** rng.uniform(-10, 38) * rng.choice([1, -1]) for _ in range(N)], dtype=torch.float32)
     try:
-        xa = x.clone().requires_grad_()
-        losses = F(xa, y, reduction="none", **hyper)
+        xa = x.to(device).requires_grad_()
+        losses = F(xa, y.to(device), reduction="none", **hyper)
     except ValueError:
         continue
     if not torch.isfinite(losses).all():
         continue  # the loss itself beyond float's range
-    (losses * g).sum().backward()
+    (losses * g.to(device)).sum().backward()
     ev = dense_float64(x, y, grad_losses=g, **hyper)
-    want, got = ev.grad, xa.grad.double()
+    want, got = ev.grad, xa.grad.double().cpu()
     tol = ev.bound.tolerance(torch.float32)
     # The documented exception: an element whose share of the slope times its factor passes float's max.
     p = x.double().sigmoid()
