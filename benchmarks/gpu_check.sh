@@ -46,6 +46,7 @@
 #   benchmark_compiled  rest    22-26 s: fused and dense_masked_compiled at the same points, as far
 #                               as --budget allows (inductor compiles one graph per dtype)
 # Total 178-194 s with every step run; the deadline bounds it at 510 s plus the last step's 5 s grace.
+# On an H200 (benchmarks/results/gpu_h200_20261127/) every step took about as long: 217 s in all.
 set -u
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
