@@ -274,10 +274,10 @@ __device__ __forceinline__ void walk_range(const scalar_t* __restrict__ gx, cons
   };
   for (; v < vectors; v += 2 * kThreads) {
     const bool second = v + kThreads < vectors;
-    if (kPrefetchSteps > 0) {
-      constexpr int64_t kAhead = 2 * int64_t(kPrefetchSteps) * kThreads;  // vectors
-      if (v + kAhead < vectors) prefetch_l2(gx + e + kAhead / kThreads * jump);
-      if (v + kAhead + kThreads < vectors) prefetch_l2(gx + e + (kAhead / kThreads + 1) * jump);
+    if (kPrefetchSteps > 0) {  // the two vectors of the step kPrefetchSteps ahead
+      constexpr int kAhead = 2 * kPrefetchSteps;  // in jumps of kThreads vectors
+      if (v + kAhead * kThreads < vectors) prefetch_l2(gx + e + kAhead * jump);
+      if (v + (kAhead + 1) * kThreads < vectors) prefetch_l2(gx + e + (kAhead + 1) * jump);
     }
     scalar_t raw0[N], raw1[N];
     load_pack<N, kPiece>(gx + e, raw0);
