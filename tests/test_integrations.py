@@ -9,6 +9,7 @@ import copy
 import fractions
 import functools
 import math
+import os
 import sys
 
 import numpy as np
@@ -462,6 +463,52 @@ def test_detectron2_dense_loss(generator):
         dense_classification_loss(drloss_cuda.SigmoidDRLoss(), pred_logits, gt_labels, k)
     loss = dense_classification_loss(drloss_cuda.SigmoidDRLoss(), pred_logits, gt_labels, k, check_targets=False)
     assert torch.isfinite(loss)
+
+
+def _stand_in_detectron2(root, with_dense_detector):
+    """A package named detectron2 under root with what the integration touches at import:
+    RetinaNet (with or without DenseDetector's _ema_update, 0.6's marker), the registry,
+    configurable, and the box regression and event modules."""
+    package = root / "detectron2"
+    (package / "modeling").mkdir(parents=True)
+    (package / "utils").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "utils" / "__init__.py").write_text("")
+    (package / "utils" / "events.py").write_text("")
+    (package / "config.py").write_text("def configurable(init):\n    return init\n")
+    (package / "modeling" / "box_regression.py").write_text("")
+    (package / "modeling" / "__init__.py").write_text(
+        "class _Registry:\n"
+        "    def register(self):\n"
+        "        return lambda cls: cls\n"
+        "META_ARCH_REGISTRY = _Registry()\n"
+        "class RetinaNet:\n"
+        + ("    def _ema_update(self, name, value, steps):\n        return value\n" if with_dense_detector else
+           "    pass\n"))
+
+
+@pytest.mark.parametrize("with_dense_detector", [False, True], ids=["older_than_0.6", "0.6_or_newer"])
+def test_detectron2_version_check(tmp_path, with_dense_detector):
+    """Importing the integration with a detectron2 whose RetinaNet predates DenseDetector (0.5
+    and older) raises ImportError naming the version needed; with one that has it, it imports.
+    A stand-in package, in a fresh process, so that any installed detectron2 stays untouched."""
+    import subprocess
+
+    _stand_in_detectron2(tmp_path, with_dense_detector)
+    code = ("import detectron2, sys\n"
+            f"assert detectron2.__file__.startswith({str(tmp_path)!r}), detectron2.__file__\n"
+            "try:\n"
+            "    import drloss_cuda.integrations.detectron2 as integration\n"
+            "except ImportError as error:\n"
+            "    print('ImportError:', error)\n"
+            "else:\n"
+            "    print('imported', integration.DRLossRetinaNet.__mro__[1].__module__)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    if with_dense_detector:
+        assert out.strip() == "imported detectron2.modeling", out
+    else:
+        assert out.startswith("ImportError: drloss_cuda.integrations.detectron2 needs detectron2 0.6 or newer"), out
 
 
 def test_detectron2_meta_architecture():
