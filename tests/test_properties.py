@@ -145,7 +145,7 @@ def problems(draw):
         pos_lambda=draw(lambdas),
         neg_lambda=draw(lambdas),
         L=draw(st.floats(0.1, 20.0)),
-        tau=draw(st.floats(0.1, 10.0)),
+        tau=draw(st.floats(-3.0, 4.0).map(lambda e: 10.0**e)),
         margin=draw(st.floats(-1.0, 1.0)),
         first_label=first_label,
     )
