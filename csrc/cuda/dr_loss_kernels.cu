@@ -50,13 +50,13 @@ namespace {
 constexpr int kThreads = 256;                  // threads of a forward/backward block
 constexpr int kWarps = kThreads / 32;
 constexpr int kMinBlocksPerSM = 4;             // register cap: at most 64 per thread
-// Steps of the walk (two vectors each) whose logits a thread asks the L2 to fetch ahead of its
-// loads: a prefetch holds no register, so more DRAM reads stay in flight at the register cap's
-// occupancy (0: none). Measured on an H200 (docs/cuda-performance.md): one step took 2.7% off
-// the backward; the forward, bound by its issue rate rather than its loads, was 2-4% slower.
-// The backward prefetches only where it loads whole 16-byte vectors of float, half or
-// bfloat16: elsewhere (double, misaligned logits) it raised register spills for no measured gain.
-constexpr int kForwardPrefetchSteps = 0;
+// Steps of the backward's walk (two vectors each) whose logits a thread asks the L2 to fetch
+// ahead of its loads: a prefetch holds no register, so more DRAM reads stay in flight at the
+// register cap's occupancy. Measured on an H200 (docs/cuda-performance.md): one step took 2.7%
+// off the backward. It applies only where the backward loads whole 16-byte vectors of float,
+// half or bfloat16: elsewhere (double, misaligned logits) it raised register spills for no
+// measured gain. The forward prefetches nothing: bound by its issue rate rather than its loads,
+// it was 2-4% slower with it.
 constexpr int kBackwardPrefetchSteps = 1;
 constexpr int kFinalizeThreads = 128;          // one warp per group
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
@@ -440,9 +440,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     };
     auto on_element = [&](int64_t, acc_t x, int kind) { sums.add(sigmoid(x), kind); };
     const scalar_t* gx = logits + r.group * elements;
-    walk_range<N, N * sizeof(scalar_t), kForwardPrefetchSteps>(
-        gx, gx, labels + r.group * anchors, static_cast<int>(classes), first_label, r.lo, r.hi,
-        on_vector, on_element);
+    walk_range<N, N * sizeof(scalar_t), 0>(gx, gx, labels + r.group * anchors,
+                                           static_cast<int>(classes), first_label, r.lo, r.hi,
+                                           on_vector, on_element);
     const SoftmaxTriple<double> neg = block_merge(sums.neg.triple(), shared);
     const SoftmaxTriple<double> pos = block_merge(sums.pos.triple(), shared);
     if (threadIdx.x == 0) {
