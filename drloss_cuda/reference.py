@@ -83,6 +83,11 @@ def sigmoid_dr_loss(
     # (drloss_cuda/_common.py).
     labels = _common.check_tensors(logits, labels)
     hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    if logits.device.type == "meta":  # after the checks, so bad arguments get their own errors
+        raise NotImplementedError(
+            "the reference selects entries with boolean masks, which depend on the labels' "
+            "values, and a meta tensor holds none; drloss_cuda.sigmoid_dr_loss runs on meta tensors"
+        )
 
     x = logits.to(_common.accumulate_dtype(logits.dtype))
     labels = labels.long()

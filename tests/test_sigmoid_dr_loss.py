@@ -847,6 +847,16 @@ def test_meta_tensors_give_shapes_and_types(pooled):
         assert logits.grad.shape == logits.shape and logits.grad.dtype == dtype
 
 
+def test_reference_refuses_meta_tensors_by_saying_why():
+    logits = torch.empty(2, 3, 4, device="meta")
+    labels = torch.empty(2, 3, device="meta", dtype=torch.long)
+    with pytest.raises(NotImplementedError, match="a meta tensor holds none; drloss_cuda.sigmoid_dr_loss runs"):
+        drloss_cuda.reference.sigmoid_dr_loss(logits, labels)
+    # Bad arguments still get the errors the fused function gives them.
+    with pytest.raises(ValueError, match="neg_lambda"):
+        drloss_cuda.reference.sigmoid_dr_loss(logits, labels, neg_lambda=0.0)
+
+
 def _error(fn, *args):
     with pytest.raises((RuntimeError, ValueError)) as info:
         fn(*args)
