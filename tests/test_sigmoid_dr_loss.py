@@ -162,6 +162,24 @@ def test_half_precision_is_the_float32_path_rounded_once_on_cpu(generator, dtype
     assert torch.equal(grad, grad32.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_nan_gradients_on_cpu(generator, dtype):
+    """A NaN logit in a counted entry makes its image's gradient NaN (ignored entries stay 0) in
+    16 bits too; the other image is the float32 gradient rounded once, bit for bit. A bfloat16
+    NaN is stored as the quiet NaN 0x7fc0, as c10::BFloat16 rounds one (x86 arithmetic makes
+    the negative NaN 0xffc00000, which a conversion without the NaN case turns into 0xffc0)."""
+    logits, labels = make_inputs((2, 300, 20), "cpu", dtype=dtype)
+    labels[0, 7] = 20  # background: every entry of the anchor is a counted negative
+    logits[0, 7, 3] = float("nan")
+    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
+    _, grad32 = loss_and_grad(sigmoid_dr_loss, logits.float(), labels, reduction="none")
+    counted = (labels[0] >= 0).unsqueeze(-1).expand(-1, 20)
+    assert loss[0].isnan() and grad[0][counted].isnan().all() and (grad[0][~counted] == 0).all()
+    assert torch.equal(grad[1], grad32[1].to(dtype))
+    if dtype == torch.bfloat16:
+        assert (grad[0][counted].view(torch.int16) == 0x7FC0).all()
+
+
 def test_gradcheck_float64(device, generator):
     logits, labels = make_inputs((2, 6, 4), device, dtype=torch.float64, scale=1.0)
     x = logits.clone().requires_grad_(True)
