@@ -261,10 +261,10 @@ def check_tensors(logits, labels):
 def check_logits_and_labels(logits, labels):
     """The rank, dtype, shape and device checks of the forward op (csrc/ops.cpp
     check_forward_args), with its RuntimeErrors, for the fake kernels, which do not run the C++
-    checks (the public function and the reference run the same checks through check_tensors). Plain raises rather than torch._check: Dynamo breaks the graph at a
-    torch._check with a message closure, and these properties are static (the shape comparison
-    becomes a guard under dynamic shapes). Labels are expected to be kernel labels. Returns the
-    number of groups."""
+    checks (the public function and the reference run the same checks through check_tensors).
+    Plain raises rather than torch._check: Dynamo breaks the graph at a torch._check with a
+    message closure, and these properties are static (the shape comparison becomes a guard under
+    dynamic shapes). Labels are expected to be kernel labels. Returns the number of groups."""
     check_logits(logits)
     check_labels(logits, labels)
     return logits.shape[0] if logits.dim() == 3 else 1

@@ -98,9 +98,11 @@ def from_torchvision(matched_idxs, gt_labels, num_classes, *, check=True):
     for i, gt in enumerate(gt_labels):
         _check_integer(f"gt_labels[{i}]", gt)
     if check:
-        _check_ranges([r for i, (m, gt) in enumerate(zip(matched, gt_labels))
-                       for r in ((f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0]),
-                                 (f"gt_labels[{i}]", gt, 0, num_classes))])
+        ranges = []
+        for i, (m, gt) in enumerate(zip(matched, gt_labels)):
+            ranges.append((f"matched_idxs[{i}]", m, TORCHVISION_BETWEEN_THRESHOLDS, gt.shape[0]))
+            ranges.append((f"gt_labels[{i}]", gt, 0, num_classes))
+        _check_ranges(ranges)
     out = []
     for m, gt in zip(matched, gt_labels):
         # Append the background label so that -1/-2 can gather it: no host sync, no empty index.
