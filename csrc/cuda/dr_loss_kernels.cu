@@ -52,8 +52,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMinBlocksPerSM = 4;             // register cap: at most 64 per thread
 // Steps of the backward's walk (two vectors each) whose logits a thread asks the L2 to fetch
 // ahead of its loads: a prefetch holds no register, so more DRAM reads stay in flight at the
-// register cap's occupancy. Measured on an H200 (docs/cuda-performance.md): one step took 2.7%
-// off the backward. It applies only where the backward loads whole 16-byte vectors of float,
+// register cap's occupancy. Measured (docs/cuda-performance.md): one step took 2.7% off the
+// backward on an H200, and neither helped nor cost on an H100, already at its copy bandwidth. It applies only where the backward loads whole 16-byte vectors of float,
 // half or bfloat16: elsewhere (double, misaligned logits) it raised register spills for no
 // measured gain. The forward prefetches nothing: bound by its issue rate rather than its loads,
 // it was 2-4% slower with it.
