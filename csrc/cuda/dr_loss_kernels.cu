@@ -53,10 +53,11 @@ constexpr int kMinBlocksPerSM = 4;             // register cap: at most 64 per t
 // Steps of the backward's walk (two vectors each) whose logits a thread asks the L2 to fetch
 // ahead of its loads: a prefetch holds no register, so more DRAM reads stay in flight at the
 // register cap's occupancy. Measured (docs/cuda-performance.md): one step took 2.7% off the
-// backward on an H200, and neither helped nor cost on an H100, already at its copy bandwidth. It applies only where the backward loads whole 16-byte vectors of float,
-// half or bfloat16: elsewhere (double, misaligned logits) it raised register spills for no
-// measured gain. The forward prefetches nothing: bound by its issue rate rather than its loads,
-// it was 2-4% slower with it.
+// backward on an H200, and neither helped nor cost on an H100, already at its copy bandwidth.
+// It applies only where the backward loads whole 16-byte vectors of float, half or bfloat16:
+// elsewhere (double, misaligned logits) it raised register spills for no measured gain. The
+// forward prefetches nothing: bound by its issue rate rather than its loads, it was 2-4% slower
+// with it.
 constexpr int kBackwardPrefetchSteps = 1;
 constexpr int kFinalizeThreads = 128;          // one warp per group
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
