@@ -63,34 +63,29 @@ template<int V> static inline void wterm(int i, float& z, float& w){
   if (V==0){ bool n=neg[i]!=0; z=n?z+we:z; w=n?w+pi*we:w; }
   else { uint32_t m=(uint32_t)negm[i]; uint32_t wb,pb; std::memcpy(&wb,&we,4); std::memcpy(&pb,&pi,4); wb&=m; pb&=m; float wm,pm; std::memcpy(&wm,&wb,4); std::memcpy(&pm,&pb,4); z+=wm; w=std::fma(pm,wm,w);}  
 }
-template<int V> __attribute__((noinline)) void weights(){
-  for(int base=0;base<N;base+=128){
-    float z[16],w[16];
-    for(int j=0;j<16;j++) z[j]=w[j]=0;
-    for(int r=0;r<8;r++){
-#pragma omp simd
-      for(int j=0;j<16;j++) wterm<V>(base+r*16+j, z[j], w[j]);
-    }
-    for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
-  }
+// One 128-element block's weights and sums, as the forward kernel folds them (-1: no sigmoid first).
+template<int S> static inline float sig_of(float v){
+  return S==0? sigmoid(v) : S==1? sigmoid1<false>(v) : S==3? sigmoid3(v) : sigmoid1<true>(v);
 }
-template<int S,int V> __attribute__((noinline)) void fwd(){
-  for(int base=0;base<N;base+=128){
+template<int S,int V> static inline void fwd_block(int base){
+  if (S>=0){
 #pragma omp simd
-    for(int i=base;i<base+128;i++) p[i]= S==0? sigmoid(x[i]) : S==1? sigmoid1<false>(x[i]) : S==3? sigmoid3(x[i]) : sigmoid1<true>(x[i]);
-    float z[16],w[16];
-    for(int j=0;j<16;j++) z[j]=w[j]=0;
-    for(int r=0;r<8;r++){
-#pragma omp simd
-      for(int j=0;j<16;j++) wterm<V>(base+r*16+j, z[j], w[j]);
-    }
-    for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
+    for(int i=base;i<base+128;i++) p[i]=sig_of<S>(x[i]);
   }
+  float z[16],w[16];
+  for(int j=0;j<16;j++) z[j]=w[j]=0;
+  for(int r=0;r<8;r++){
+#pragma omp simd
+    for(int j=0;j<16;j++) wterm<V>(base+r*16+j, z[j], w[j]);
+  }
+  for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
 }
+template<int V> __attribute__((noinline)) void weights(){ for(int base=0;base<N;base+=128) fwd_block<-1,V>(base); }
+template<int S,int V> __attribute__((noinline)) void fwd(){ for(int base=0;base<N;base+=128) fwd_block<S,V>(base); }
 template<int S> __attribute__((noinline)) void bwd(){
   for(int base=0;base<N;base+=128){
 #pragma omp simd
-    for(int i=base;i<base+128;i++) p[i]= S==0? sigmoid(x[i]) : S==1? sigmoid1<false>(x[i]) : S==3? sigmoid3(x[i]) : sigmoid1<true>(x[i]);
+    for(int i=base;i<base+128;i++) p[i]=sig_of<S>(x[i]);
 #pragma omp simd
     for(int i=base;i<base+128;i++){ float v=negative_grad<true>(p[i],gg,h); g[i]=neg[i]?v:0.0f; }
   }
