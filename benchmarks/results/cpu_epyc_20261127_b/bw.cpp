@@ -18,16 +18,18 @@ __attribute__((noinline)) void grad_only(){
 #pragma omp simd
   for(int i=0;i<N;i++){ float v=negative_grad<true>(p[i],gg,h); g[i]=neg[i]?v:0.0f; }
 }
-__attribute__((noinline)) void weights_only(){
-  for(int base=0;base<N;base+=128){
-    float z[16],w[16];
-    for(int j=0;j<16;j++) z[j]=w[j]=0;
-    for(int r=0;r<8;r++){
+// One 128-element block's weights and sums, as the forward kernel folds them (p given).
+static inline void weights_block(int base){
+  float z[16],w[16];
+  for(int j=0;j<16;j++) z[j]=w[j]=0;
+  for(int r=0;r<8;r++){
 #pragma omp simd
-      for(int j=0;j<16;j++){ int i=base+r*16+j; float pi=p[i]; float we=exp2_in_range(h.s2_neg*pi-h.shift_neg); bool n=neg[i]!=0; z[j]=n?z[j]+we:z[j]; w[j]=n?w[j]+pi*we:w[j];}
-    }
-    for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
+    for(int j=0;j<16;j++){ int i=base+r*16+j; float pi=p[i]; float we=exp2_in_range(h.s2_neg*pi-h.shift_neg); bool n=neg[i]!=0; z[j]=n?z[j]+we:z[j]; w[j]=n?w[j]+pi*we:w[j];}
   }
+  for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
+}
+__attribute__((noinline)) void weights_only(){
+  for(int base=0;base<N;base+=128) weights_block(base);
 }
 __attribute__((noinline)) void bwd_blocks(){
   for(int base=0;base<N;base+=128){
@@ -41,13 +43,7 @@ __attribute__((noinline)) void fwd_blocks(){
   for(int base=0;base<N;base+=128){
 #pragma omp simd
     for(int i=base;i<base+128;i++) p[i]=sigmoid(x[i]);
-    float z[16],w[16];
-    for(int j=0;j<16;j++) z[j]=w[j]=0;
-    for(int r=0;r<8;r++){
-#pragma omp simd
-      for(int j=0;j<16;j++){ int i=base+r*16+j; float pi=p[i]; float we=exp2_in_range(h.s2_neg*pi-h.shift_neg); bool n=neg[i]!=0; z[j]=n?z[j]+we:z[j]; w[j]=n?w[j]+pi*we:w[j];}
-    }
-    for(int j=0;j<16;j++){zs[j]+=z[j];ws[j]+=w[j];}
+    weights_block(base);
   }
 }
 template<class F> double timeit(F f){
