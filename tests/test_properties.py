@@ -10,7 +10,7 @@ drloss_cuda.reference or the kernels. Tolerances are per element (tests/toleranc
 
 With the environment variable CI set, the "ci" hypothesis profile is derandomized (the same
 examples on every run, no example database), so CI cannot flake; elsewhere every run draws new
-examples. HYPOTHESIS_PROFILE overrides the choice: .ci/run and benchmarks/gpu_check.sh set it to
+examples. HYPOTHESIS_PROFILE overrides the choice: .ci/run and tools/device_check.sh set it to
 "ci" themselves, whatever the runner's environment.
 """
 

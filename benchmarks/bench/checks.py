@@ -18,7 +18,7 @@ FUSED_TOLERANCES = {
 # The pure-PyTorch peers accumulate in float32 the way PyTorch does: the official code's softmax
 # and sums over 8-16 million entries lose about 1e-3 of the loss at A = 100,000 (measured here:
 # 1.4e-3 pooled, 6e-4 per image). They are checked against float64 at these looser tolerances;
-# that they compute the exact same loss is tested in float64 by tests/test_benchmark.py.
+# that they compute the exact same loss is tested in float64 by tools/tests/test_benchmark.py.
 PEER_TOLERANCES = {
     torch.float64: (1e-6, 1e-6),
     torch.float32: (1e-2, 1e-2),

@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# The device check: everything that needs a GPU, in one command that fits a 15-minute lease of
+# one GPU (it stops starting steps after DEVICE_CHECK_DEADLINE seconds, 510 by default, so it
+# ends within about 9 minutes, build included).
+#
+#   bash tools/device_check.sh         # on the GPU machine; logs under $OUT (else a fresh temporary folder)
+#   bash tools/device_check.sh --cpu   # its plumbing on a machine without a GPU (also DEVICE_CHECK_CPU=1):
+#                                      # the installed extension, the GPU-only steps reported
+#                                      # 'skipped: no GPU', a small CPU benchmark
+#
+# Needs python3 (PYTHON=...) with a CUDA torch, pytest, nvcc, ninja, compute-sanitizer; nothing is
+# downloaded. Each step runs under `timeout` with its own limit, cut to what is left before the
+# deadline; a step that finds under 5 s left is 'skipped: out of time'. Logs (8 files at most):
+# environment.log, build.log, cuda_tests.log, retinanet.log, sanitizer.log (memcheck and
+# racecheck), benchmark.log and benchmark.csv (both benchmark runs), summary.md. The summary table
+# (step, status, seconds, last line) is printed last; the exit status is 1 when a step failed or
+# timed out ('skipped' and 'missing' are reported, not failures).
+#
+# Steps and their limits (the time each takes on an H100 is in benchmarks/results/h100/summary.md):
+#   environment          30 s   GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
+#   build               240 s   `pip install --no-index --no-build-isolation --no-deps -e .` with ninja,
+#                               MAX_JOBS=nproc and the GPU's own architecture only
+#   cuda_tests          180 s   `pytest -m cuda` (4 workers when pytest-xdist is there)
+#   retinanet           120 s   one torchvision RetinaNet training step on CUDA, fused against the
+#                               reference ('missing' if that test is absent)
+#   memcheck            120 s   tools/sanitizer_case.py (small cases, every value checked against
+#   racecheck           120 s   float64) under compute-sanitizer, only this project's kernels
+#                               instrumented (--kernel-name kns=drloss)
+#   benchmark           150 s   N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
+#                               fused_pooled, official_pooled, dense_masked, and the copy bandwidth
+#   benchmark_compiled  rest    fused and dense_masked_compiled at the same points, as far as
+#                               --budget allows (inductor compiles one graph per dtype)
+set -u
+SELF=$(readlink -f "$0")
+cd "$(dirname "$SELF")/.."
+# An absolute path: cuda_home() puts other folders first on PATH, where another python3 (one
+# without torch) may be found.
+PY=$(command -v "${PYTHON:-python3}") || { echo "device_check: ${PYTHON:-python3} not found" >&2; exit 2; }
+export PY
+[ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
+CPU_MODE=${DEVICE_CHECK_CPU:-0}
+DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
+# The property tests' fixed examples: a device session is too short to chase a new random case.
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+
+# ---------------------------------------------------------------------------------------------
+# Step bodies: run in a child bash under `timeout` (bash device_check.sh --step NAME). Exit 0 is ok,
+# 77 skipped and 78 missing (with the reason as the last line printed), anything else failed.
+
+skip() {
+  echo "$1"
+  exit 77
+}
+
+cuda_home() {
+  # CUDA_HOME, when unset, from nvcc itself (torch's extension builder needs it; the nvcc on
+  # PATH may be a wrapper outside the toolkit): the same finder CI uses.
+  if [ -z "${CUDA_HOME:-}" ]; then
+    CUDA_HOME=$(bash .ci/cuda_home.sh 2>/dev/null || true)
+  fi
+  export CUDA_HOME
+  [ -n "${CUDA_HOME:-}" ] && PATH="$CUDA_HOME/bin:$PATH"
+  # ninja comes with the Python environment: its bin folder (a venv's, not the folder its
+  # python3 links to, which may hold a python3 without torch) after the toolkit's.
+  PATH="$PATH:$(dirname "$PY")"
+  export PATH
+}
+
+step_environment() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); host: $(uname -srm), $(nproc) cores"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes, or no git)')"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+    nvidia-smi | grep -m1 "Driver Version"
+  else
+    echo "nvidia-smi: not found"
+  fi
+  cuda_home
+  echo "CUDA_HOME: ${CUDA_HOME:-unset}; nvcc: $(command -v nvcc >/dev/null 2>&1 && nvcc --version | grep -m1 release || echo 'not found'); ninja: $(ninja --version 2>/dev/null || echo 'not found')"
+  echo "compute-sanitizer: $(find_sanitizer >/dev/null && "$(find_sanitizer)" --version | grep -m1 -i version || echo 'not found')"
+  "$PY" - <<'PYEOF'
+import platform
+import torch
+try:
+    import torchvision
+    vision = torchvision.__version__
+except ImportError:
+    vision = "not installed"
+print(f"python {platform.python_version()}; torch {torch.__version__} (CUDA {torch.version.cuda}); torchvision {vision}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU: {p.name}, capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB")
+else:
+    print("GPU: none visible to torch")
+PYEOF
+}
+
+step_build() {
+  if [ "$CPU_MODE" = 1 ]; then
+    "$PY" -c "import drloss_cuda; print('installed extension:', drloss_cuda.build_info())" || exit 1
+    skip "skipped: no GPU"
+  fi
+  cuda_home
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || exit 1
+  export TORCH_CUDA_ARCH_LIST MAX_JOBS=$(nproc) DRLOSS_USE_NINJA=1 FORCE_CUDA=1
+  echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=$CUDA_HOME ninja $(ninja --version 2>/dev/null || echo 'not found')"
+  "$PY" -m pip install --no-index --no-build-isolation --no-deps -v -e . || exit 1
+  "$PY" -c "import drloss_cuda, drloss_cuda._C as c; info = drloss_cuda.build_info(); print('built', c.__file__, info); assert info['cuda'], 'built without the CUDA kernels'"
+}
+
+# pytest "$@", failing when no test passed (a check whose every test skipped checked nothing).
+pytest_some_pass() {
+  local log
+  log=$(mktemp)
+  "$PY" -m pytest "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local last
+  last=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1)
+  rm -f "$log"
+  [ "$rc" -ne 0 ] && exit "$rc"
+  if ! echo "$last" | grep -q " passed"; then
+    echo "no test passed: $last"
+    exit 1
+  fi
+  echo "$last"
+}
+
+step_cuda_tests() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  local workers=()
+  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+  pytest_some_pass -q -rs -m cuda "${workers[@]}" tests
+}
+
+step_retinanet() {
+  if [ ! -f tests/test_integrations.py ]; then
+    echo "missing: tests/test_integrations.py is not in this checkout"
+    exit 78
+  fi
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  pytest_some_pass -q -rs tests/test_integrations.py -k "retinanet and cuda"
+}
+
+find_sanitizer() {
+  local candidate
+  for candidate in "$(command -v compute-sanitizer 2>/dev/null)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+    /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] && echo "$candidate" && return 0
+  done
+  return 1
+}
+
+# compute-sanitizer --tool $1 on sanitizer_case.py, only this project's kernels instrumented.
+step_sanitizer() {
+  local tool=$1
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  cuda_home
+  local sanitizer
+  sanitizer=$(find_sanitizer) || { echo "compute-sanitizer not found"; exit 1; }
+  # The filter matches a substring of the mangled kernel names (namespace drloss::cuda); make
+  # sure it matches the kernels in this build, so that a clean report means they were checked.
+  local so
+  so=$("$PY" -c "import drloss_cuda._C as c; print(c.__file__)") || exit 1
+  local sass
+  sass=$(mktemp)
+  if command -v cuobjdump >/dev/null 2>&1 && cuobjdump -sass "$so" >"$sass" 2>&1; then
+    local kernels
+    kernels=$(grep -o 'Function : [^ ]*' "$sass" | grep -c drloss)
+    echo "$tool: the filter kns=drloss matches $kernels kernel instantiations in $(basename "$so")"
+    rm -f "$sass"
+    [ "$kernels" -gt 0 ] || { echo "the kernel filter matches no kernel: nothing would be checked"; exit 1; }
+  else
+    echo "cuobjdump could not list the kernels: $(tail -n 1 "$sass" 2>/dev/null)"
+    rm -f "$sass"
+  fi
+  # The CUDA caching allocator hides out-of-bounds accesses inside its blocks: turn it off.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --kernel-name kns=drloss \
+    --error-exitcode 99 --print-limit 20 "$PY" tools/sanitizer_case.py || exit $?
+  echo "$tool: no error in this project's kernels, and every case matches float64"
+}
+
+# benchmark.py "$@" into $OUT_DIR, then its last forward+backward headline again as the last
+# line (for the summary: the table comes last in the benchmark's own output).
+run_benchmark() {
+  local log
+  log=$(mktemp)
+  "$PY" benchmarks/benchmark.py "$@" --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local headline
+  headline=$(grep '^- forward_backward' "$log" | tail -n 1)
+  rm -f "$log"
+  [ -n "$headline" ] && echo "${headline#- }"
+  return "$rc"
+}
+
+step_benchmark() {
+  local providers=fused,fused_pooled,official_pooled,dense_masked
+  if [ "$CPU_MODE" = 1 ]; then
+    run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1 --max-seconds 1
+  else
+    run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers "$providers"
+  fi
+}
+
+step_benchmark_compiled() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  # No provider's check starts in the last 60 s of the step's limit: a compile started then
+  # could not finish and be timed before the limit.
+  local budget=$((STEP_LIMIT - 60))
+  [ "$budget" -lt 30 ] && skip "skipped: out of time ($STEP_LIMIT s left)"
+  run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers fused,dense_masked_compiled --budget "$budget"
+}
+
+if [ "${1:-}" = "--step" ]; then
+  case "$2" in
+    environment) step_environment ;;
+    build) step_build ;;
+    cuda_tests) step_cuda_tests ;;
+    retinanet) step_retinanet ;;
+    memcheck) step_sanitizer memcheck ;;
+    racecheck) step_sanitizer racecheck ;;
+    benchmark) step_benchmark ;;
+    benchmark_compiled) step_benchmark_compiled ;;
+    *) echo "device_check: unknown step $2" >&2; exit 2 ;;
+  esac
+  exit $?
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The driver: each step in turn under its limit, then the summary.
+
+if [ -n "${1:-}" ]; then
+  echo "usage: bash tools/device_check.sh [--cpu]" >&2
+  exit 2
+fi
+if [ -n "${OUT:-}" ]; then
+  OUT_DIR=$OUT
+else
+  OUT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/drloss-device-check-XXXXXX")
+fi
+mkdir -p "$OUT_DIR"
+export OUT_DIR
+export PYTHONUNBUFFERED=1
+START=$SECONDS
+names=() statuses=() seconds=() lasts=()
+
+# run_step NAME LIMIT LOGFILE: the step's output is appended to LOGFILE.
+run_step() {
+  local name=$1 limit=$2 log="$OUT_DIR/$3"
+  local left=$((DEADLINE - (SECONDS - START)))
+  local status last secs=0
+  if [ "$left" -lt 5 ]; then
+    status="skipped: out of time"
+    last="under 5 s left of the ${DEADLINE} s deadline"
+  else
+    [ "$limit" -gt "$left" ] && limit=$left
+    local before=0
+    [ -f "$log" ] && before=$(wc -l <"$log")
+    echo "=== $name (limit $limit s)" >>"$log"
+    echo "=== $name (limit $limit s, log $log)"
+    local t0=$SECONDS
+    STEP_LIMIT=$limit timeout -k 5 "$limit" bash "$SELF" --step "$name" >>"$log" 2>&1
+    local rc=$?
+    secs=$((SECONDS - t0))
+    last=$(tail -n +"$((before + 2))" "$log" | grep -v '^[[:space:]]*$' | tail -n 1 | tr '|' '/' | cut -c1-160)
+    case $rc in
+      0) status=ok ;;
+      77) status=$last ;;
+      78) status=missing ;;
+      124 | 137) status="FAILED: timeout after $limit s" ;;
+      *) status="FAILED (exit $rc)" ;;
+    esac
+    echo "=== $name: $status, $secs s" >>"$log"
+    echo "=== $name: $status, $secs s"
+    case $status in FAILED*) tail -n +"$((before + 1))" "$log" | tail -n 15 | sed 's/^/    /' ;; esac
+  fi
+  names+=("$name")
+  statuses+=("$status")
+  seconds+=("$secs")
+  lasts+=("$last")
+}
+
+echo "device check$([ "$CPU_MODE" = 1 ] && echo ' (CPU mode)'): logs in $OUT_DIR, deadline $DEADLINE s"
+run_step environment 30 environment.log
+run_step build 240 build.log
+run_step cuda_tests 180 cuda_tests.log
+run_step retinanet 120 retinanet.log
+run_step memcheck 120 sanitizer.log
+run_step racecheck 120 sanitizer.log
+run_step benchmark 150 benchmark.log
+run_step benchmark_compiled 600 benchmark.log
+
+failed=0
+{
+  echo
+  echo "| step | status | seconds | last line |"
+  echo "| --- | --- | --- | --- |"
+  for i in "${!names[@]}"; do
+    echo "| ${names[$i]} | ${statuses[$i]} | ${seconds[$i]} | ${lasts[$i]} |"
+  done
+  echo
+  echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
+} | tee "$OUT_DIR/summary.md"
+for status in "${statuses[@]}"; do
+  case $status in FAILED*) failed=1 ;; esac
+done
+exit $failed

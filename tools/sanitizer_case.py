@@ -1,0 +1,139 @@
+"""Small forward + backward cases of the fused kernels, for compute-sanitizer (memcheck and
+racecheck in tools/device_check.sh), each checked element by element against float64.
+
+    python tools/sanitizer_case.py [--device cuda|cpu]
+
+Covers every logits dtype, both label types, per-image and pooled shapes, a C smaller than a
+vector, unaligned logits (a storage offset), first_label 0 and 1, an image with every anchor
+ignored, one with no positive, and no anchors at all. Outputs are poisoned (NaN) before the
+kernels write them. For each case the per-group losses and the gradient (for a random upstream
+gradient) are compared with drloss_cuda.reference run in float64 on the CPU, on the same
+(rounded) logits. Exits 1 if any case differs: the sanitizer's exit code says whether memory
+was accessed correctly, this one whether the results are right.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+from drloss_cuda import ops, reference
+from drloss_cuda._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+
+HYPER = (DEFAULT_POS_LAMBDA, DEFAULT_NEG_LAMBDA, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# (loss relative tolerance, gradient relative tolerance): an element passes when
+# |got - ref| <= rtol * |ref| + rtol * max|ref| (of the case's losses, or gradient). float16 and
+# bfloat16 logits accumulate in float32; their gradient is rounded to the logits' dtype.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (2e-5, 2e-4),
+    torch.float16: (2e-5, 2e-3),
+    torch.bfloat16: (2e-5, 1.6e-2),
+}
+
+# (shape, storage offset in elements, first_label, what the labels hold)
+CASES = (
+    ((2, 257, 80), 0, 0, "mixed"),
+    ((3, 33, 7), 1, 1, "image 0 all ignored, image 1 without positives"),
+    ((1000, 3), 3, 0, "pooled"),
+    ((2, 0, 5), 0, 0, "no anchors"),
+)
+
+
+def make_case(shape, dtype, label_dtype, first_label, labels_kind, generator):
+    """CPU logits (already rounded to `dtype`) and labels with positives, background and
+    ignored anchors."""
+    C = shape[-1]
+    logits = (torch.randn(shape, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    background = first_label + C if first_label == 0 else 0
+    labels = torch.randint(first_label, first_label + C, shape[:-1], generator=generator)
+    u = torch.rand(shape[:-1], generator=generator)
+    labels[u < 0.5] = background
+    labels[u < 0.1] = -1
+    if labels_kind.startswith("image 0"):
+        labels[0] = -1
+        labels[1] = torch.where(labels[1] >= 0, background, labels[1])
+    return logits, labels.to(label_dtype)
+
+
+def on_device(tensor, device, offset):
+    """A contiguous copy on `device` that starts `offset` elements into its storage."""
+    storage = torch.empty(tensor.numel() + offset, dtype=tensor.dtype, device=device)
+    view = storage[offset:].view(tensor.shape)
+    view.copy_(tensor)
+    return view
+
+
+def run_kernels(logits, labels, grad_losses, first_label):
+    """The fused forward and backward ops, as the loss calls them."""
+    losses, stats = ops.forward_op(logits, labels, *HYPER, first_label)
+    grad = ops.backward_op(grad_losses, logits, labels, stats, *HYPER, first_label)
+    return losses, grad
+
+
+def expected(logits, labels, grad_losses, first_label):
+    """float64 per-group losses and gradient of sum(losses * grad_losses), on the CPU."""
+    x = logits.double().requires_grad_(True)
+    hyper = dict(zip(("pos_lambda", "neg_lambda", "L", "tau", "margin"), HYPER))
+    losses = reference.sigmoid_dr_loss(x, labels.long(), reduction="none", first_label=first_label, **hyper)
+    (grad,) = torch.autograd.grad((losses * grad_losses.double()).sum(), x, allow_unused=True)
+    return losses.detach(), torch.zeros_like(x) if grad is None else grad
+
+
+def worst_error(got, want, rtol):
+    """Largest |got - want| / (rtol * |want| + rtol * max|want|) over the elements: <= 1 passes;
+    NaN (an unwritten, poisoned element) or a wrong shape gives inf."""
+    if got.shape != want.shape:
+        return float("inf")
+    if want.numel() == 0:
+        return 0.0
+    got = got.detach().cpu().double()
+    bound = rtol * want.abs() + rtol * want.abs().max()
+    ratio = (got - want).abs() / bound.clamp_min(1e-300)
+    ratio = torch.where(torch.isnan(got), float("inf"), ratio)
+    return ratio.max().item()
+
+
+def check_case(device, dtype, label_dtype, shape, offset, first_label, labels_kind, generator):
+    logits, labels = make_case(shape, dtype, label_dtype, first_label, labels_kind, generator)
+    groups = shape[0] if len(shape) == 3 else 1
+    grad_losses = torch.rand(groups, generator=generator) + 0.5
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    losses, grad = run_kernels(on_device(logits, device, offset), labels.to(device), grad_losses.to(device, acc), first_label)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    want_losses, want_grad = expected(logits, labels, grad_losses, first_label)
+    loss_rtol, grad_rtol = TOLERANCES[dtype]
+    if grad.dtype != dtype:
+        return float("inf"), float("inf")
+    return worst_error(losses, want_losses, loss_rtol), worst_error(grad, want_grad, grad_rtol)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--seed", type=int, help="default: a fresh one, printed")
+    args = parser.parse_args(argv)
+    os.environ["DRLOSS_POISON_OUTPUTS"] = "1"  # the ops read it at each call
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    generator = torch.Generator().manual_seed(seed)
+    print(f"sanitizer cases on {args.device}, seed {seed}; errors are in units of the tolerance (<= 1 passes)")
+    wrong = total = 0
+    for dtype in DTYPES:
+        for label_dtype in (torch.int64, torch.int32):
+            for shape, offset, first_label, labels_kind in CASES:
+                loss_err, grad_err = check_case(args.device, dtype, label_dtype, shape, offset, first_label, labels_kind, generator)
+                good = loss_err <= 1 and grad_err <= 1
+                total += 1
+                wrong += not good
+                name = f"{str(dtype)[6:]:8} {str(label_dtype)[6:]:5} {'x'.join(map(str, shape)):9} offset {offset} first_label {first_label}"
+                print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({labels_kind})")
+    print(f"{total - wrong} of {total} cases match float64" + ("" if not wrong else f"; {wrong} DIFFER"))
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The device check's plumbing (tools/device_check.sh), on a machine without a GPU: its CPU
+mode runs end to end with the installed extension and reports the GPU-only steps as skipped;
+a step that fails or hangs fails the run, and the deadline stops a hung step and skips the rest.
+The GPU work itself (build, CUDA tests, sanitizer, CUDA benchmark) runs only on a GPU machine.
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tools" / "device_check.sh"
+STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "benchmark", "benchmark_compiled"]
+LOGS = {"environment.log", "build.log", "cuda_tests.log", "retinanet.log", "sanitizer.log", "benchmark.log", "benchmark.csv", "summary.md"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="the device check needs bash and timeout (coreutils)"
+)
+
+
+def device_check(out, python=sys.executable, deadline=None, timeout=300, path=None):
+    env = dict(os.environ, OUT=str(out), PYTHON=str(python))
+    if python is None:
+        del env["PYTHON"]
+    if path is not None:
+        env["PATH"] = path
+    env.pop("DEVICE_CHECK_CPU", None)
+    if deadline is not None:
+        env["DEVICE_CHECK_DEADLINE"] = str(deadline)
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(SCRIPT), "--cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def summary(out):
+    """{step: (status, seconds, last line)} from summary.md, in the order written."""
+    rows = {}
+    for line in (out / "summary.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] not in ("step", "---"):
+            rows[cells[0]] = (cells[1], cells[2], cells[3])
+    return rows
+
+
+def test_cpu_mode_runs_end_to_end(tmp_path):
+    result, elapsed = device_check(tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert elapsed < 120, f"the CPU mode took {elapsed:.0f} s"
+    rows = summary(tmp_path)
+    assert list(rows) == STEPS, output
+    retinanet = "skipped: no GPU" if (REPO / "tests" / "test_integrations.py").exists() else "missing"
+    expected = dict.fromkeys(STEPS, "skipped: no GPU")
+    expected.update(environment="ok", benchmark="ok", retinanet=retinanet)
+    assert {step: status for step, (status, _, _) in rows.items()} == expected, output
+    for step, (_, seconds, last) in rows.items():
+        assert int(seconds) >= 0 and last, (step, last)
+    assert rows["benchmark"][2].startswith("forward_backward N=1 A=2000 C=80"), rows["benchmark"]
+    # The summary is what the run prints last.
+    printed = result.stdout.rstrip().splitlines()
+    assert printed[-1].startswith("total ") and str(tmp_path) in printed[-1]
+    assert "| benchmark_compiled | skipped: no GPU |" in printed[-3]
+
+    # At most 8 files, every step's section in its log.
+    assert {p.name for p in tmp_path.iterdir()} == LOGS
+    logs = {name: (tmp_path / name).read_text() for name in LOGS}
+    for step, log in [("environment", "environment.log"), ("build", "build.log"), ("memcheck", "sanitizer.log"), ("racecheck", "sanitizer.log"), ("benchmark", "benchmark.log"), ("benchmark_compiled", "benchmark.log")]:
+        assert f"=== {step} (limit " in logs[log] and f"=== {step}: {expected[step]}, " in logs[log], step
+    assert "torch " in logs["environment.log"]
+    assert "Driver Version" in logs["environment.log"] or "nvidia-smi: not found" in logs["environment.log"]
+    assert "installed extension: {" in logs["build.log"]
+    assert "| mode | N | A | C | dtype | provider | median ms |" in logs["benchmark.log"]
+    with open(tmp_path / "benchmark.csv", newline="") as f:
+        bench = list(csv.DictReader(f))
+    assert sorted({(r["provider"], r["mode"], r["dtype"]) for r in bench}) == sorted(
+        (p, m, d) for p in ("fused", "fused_pooled", "official_pooled", "dense_masked") for m in ("forward", "forward_backward") for d in ("float32", "bfloat16")
+    )
+    assert len(bench) == 16 and {r["device"] for r in bench} == {"cpu"}
+
+
+def test_a_failing_step_fails_the_run(tmp_path):
+    """With a Python that fails at once, every step that runs it fails, visibly, and the exit
+    status says so."""
+    result, _ = device_check(tmp_path, python=shutil.which("false") or "/bin/false")
+    assert result.returncode == 1, result.stdout
+    rows = summary(tmp_path)
+    for step in ("environment", "build", "benchmark"):
+        assert rows[step][0] == "FAILED (exit 1)", (step, rows[step])
+    assert rows["cuda_tests"][0] == "skipped: no GPU"
+
+
+def test_the_deadline_stops_a_hung_step_and_skips_the_rest(tmp_path):
+    hung = tmp_path / "hung_python"
+    hung.write_text("#!/bin/sh\nsleep 60\n")
+    hung.chmod(0o755)
+    out = tmp_path / "out"
+    result, elapsed = device_check(out, python=hung, deadline=6)
+    assert result.returncode == 1, result.stdout
+    assert elapsed < 30, f"took {elapsed:.0f} s: the hung step was not stopped at its limit"
+    rows = summary(out)
+    assert rows["environment"][0] == "FAILED: timeout after 6 s", rows["environment"]
+    for step in STEPS[1:]:
+        assert rows[step][0] == "skipped: out of time", (step, rows[step])
+
+
+@pytest.fixture
+def sanitizer_case(monkeypatch):
+    """tools/sanitizer_case.py as a module; the poisoning it switches on is undone after."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
+    import sanitizer_case
+
+    return sanitizer_case
+
+
+def test_sanitizer_case_matches_float64(sanitizer_case, generator, capsys):
+    """The cases compute the right values on the CPU kernels (the device check runs them on
+    CUDA under compute-sanitizer)."""
+    assert sanitizer_case.main(["--device", "cpu", "--seed", str(generator % 2**32)]) == 0
+    out = capsys.readouterr().out
+    assert "32 of 32 cases match float64" in out and "WRONG" not in out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda losses, grad: (losses, grad.flatten().index_fill(0, torch.tensor([grad.numel() // 2]), float("nan")).view_as(grad)), id="one-gradient-element-unwritten"),
+        pytest.param(lambda losses, grad: (losses, grad.flatten().index_put((torch.tensor([7]),), grad.flatten()[7] * 1.05 + 1e-3 * grad.abs().max()).view_as(grad)), id="one-gradient-element-off"),
+        pytest.param(lambda losses, grad: (losses * (1 + 1e-3), grad), id="losses-off-by-0.1%"),
+        pytest.param(lambda losses, grad: (losses, grad.to(torch.float64)), id="gradient-in-the-wrong-dtype"),
+    ],
+)
+def test_sanitizer_case_rejects_wrong_values(sanitizer_case, monkeypatch, capsys, damage):
+    """Finite but wrong results fail the case: values are compared element by element."""
+    right = sanitizer_case.run_kernels
+
+    def damaged(logits, labels, grad_losses, first_label):
+        losses, grad = right(logits, labels, grad_losses, first_label)
+        if grad.numel() == 0 or logits.dtype == torch.float64:  # damage the other dtypes
+            return losses, grad
+        return damage(losses, grad)
+
+    monkeypatch.setattr(sanitizer_case, "run_kernels", damaged)
+    assert sanitizer_case.main(["--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "WRONG" in out and "DIFFER" in out
+
+
+def test_python3_found_on_path_is_the_one_used_throughout(tmp_path):
+    """With PYTHON unset the check runs the python3 first on PATH (a virtual environment's, as on
+    the GPU machine) in every step, also after it puts the CUDA toolkit's and the environment's
+    folders on PATH; the interpreter a venv's python3 links to lacks the venv's torch."""
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "python3").exists():
+        pytest.skip(f"{venv_bin} has no python3")
+    result, _ = device_check(tmp_path, python=None, path=f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rows = summary(tmp_path)
+    assert rows["environment"][0] == "ok" and rows["benchmark"][0] == "ok", output
+    assert f"torch {torch.__version__}" in (tmp_path / "environment.log").read_text()
