@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "dr_loss.h"
 #include "dr_loss_math.h"
@@ -57,6 +59,16 @@ void check_hyperparameters(const LossOptions& o) {
                      "sigmoid_dr_loss: margin must be a finite number, got ", o.margin);
 }
 
+// CLASS_DIMENSION_HINT of drloss_cuda/_common.py: labels shaped like logits without their
+// second-to-last dimension mean logits laid out [N, C, A] or [C, M].
+std::string class_dimension_hint(const at::Tensor& logits, const at::Tensor& labels) {
+  std::vector<int64_t> transposed_leading(logits.sizes().begin(), logits.sizes().end());
+  transposed_leading.erase(transposed_leading.end() - 2);
+  if (labels.sizes() != c10::IntArrayRef(transposed_leading)) return "";
+  return "; the class dimension must be the last one of logits, and these look like [N, C, A] "
+         "or [C, M]: pass logits.transpose(-1, -2)";
+}
+
 }  // namespace
 
 void poison_if_requested(at::Tensor& output) {
@@ -87,7 +99,7 @@ Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
   const auto leading = logits.sizes().slice(0, logits.dim() - 1);
   DRLOSS_CHECK(labels.sizes() == leading, "sigmoid_dr_loss: labels must have shape ",
                message::piece(leading), " (logits' shape without the class dimension), got ",
-               message::piece(labels.sizes()));
+               message::piece(labels.sizes()), class_dimension_hint(logits, labels));
   DRLOSS_CHECK(labels.device() == logits.device(),
                "sigmoid_dr_loss: labels must be on the same device as logits (", logits.device(),
                "), got ", labels.device());

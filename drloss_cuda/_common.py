@@ -66,10 +66,20 @@ def kernel_labels_dtype_message(labels):
     return f"sigmoid_dr_loss: labels must be an integer tensor (int64 or int32), got {labels.dtype}"
 
 
+# Said when the labels' shape is logits' without their second-to-last dimension: logits laid out
+# [N, C, A] (as a convolution head gives them before the reshape) or [C, M].
+CLASS_DIMENSION_HINT = (
+    "; the class dimension must be the last one of logits, and these look like [N, C, A] or "
+    "[C, M]: pass logits.transpose(-1, -2)"
+)
+
+
 def labels_shape_message(logits, labels):
+    transposed = tuple(labels.shape) == tuple(logits.shape[:-2]) + tuple(logits.shape[-1:])
     return (
         f"sigmoid_dr_loss: labels must have shape {shape_text(logits.shape[:-1])} (logits' shape "
         f"without the class dimension), got {shape_text(labels.shape)}"
+        + (CLASS_DIMENSION_HINT if transposed else "")
     )
 
 

@@ -9,6 +9,7 @@ import tarfile
 import pytest
 
 import drloss_cuda
+from problems import expected_loss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
@@ -144,3 +145,40 @@ def test_setup_builds_cuda_with_a_toolkit_and_an_architecture(setup_outcomes):
     assert outcome["stdout"].split() == ["drloss_cuda"]
     assert outcome["cuda"]
     assert "cannot be built" not in outcome["stderr"] and "CPU kernels only" not in outcome["stderr"]
+
+
+def test_reference_imports_without_the_extension():
+    code = (
+        "import sys, torch\n"
+        "import drloss_cuda.reference as r\n"
+        "assert 'drloss_cuda._C' not in sys.modules, 'reference loaded the extension'\n"
+        "x = torch.zeros(1, 2, 3); y = torch.zeros(1, 2, dtype=torch.long)\n"
+        "print(float(r.sigmoid_dr_loss(x, y)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == pytest.approx(expected_loss(0.5, 0.5), rel=1e-6)
+
+
+def test_build_info_reports_openmp():
+    info = drloss_cuda.build_info()
+    assert set(info) == {"openmp", "cuda"}
+    if sys.platform.startswith("linux"):
+        assert info["openmp"], "the CPU kernels were built without OpenMP: they would run on one core"
+
+
+def test_build_without_torch_fails_with_a_message_not_a_traceback():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    # `sys.modules["torch"] = None` makes `import torch` fail as in an environment without torch.
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None\n"
+        "sys.argv = ['setup.py', '--name']\n"
+        "runpy.run_path('setup.py', run_name='__main__')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "PyTorch must be installed before drloss_cuda is built" in out.stderr
+    assert "--no-build-isolation" in out.stderr
+    assert "Traceback" not in out.stderr

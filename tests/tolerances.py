@@ -39,7 +39,7 @@ large as |s|, |s| eps64. Last, the kernels compute e^-x as 2^(-x log2 e): the ro
 gives p, and with it the element, a relative error of |x| log2(e) eps.
 Every quantity in the bound is the element's own or its group's: a wrong element (zeroed,
 perturbed by 1e-3 of itself, another element's value) exceeds it, whatever the other elements
-are. `test_checker_rejects_*` in tests/test_sigmoid_dr_loss.py show it.
+are. `test_checker_rejects_*` in tests/test_accuracy.py show it.
 """
 
 import math
