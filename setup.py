@@ -8,9 +8,11 @@ installed (MAX_JOBS sets its parallelism); DRLOSS_USE_NINJA=0 turns it off.
 """
 
 import glob
+import json
 import os
 import sys
 
+import setuptools
 from setuptools import find_packages, setup
 
 try:
@@ -63,9 +65,10 @@ def cuda_arch_problem():
     return None
 
 
-def want_cuda():
+def cuda_build_plan():
+    """(build the CUDA kernels?, why not when they are not built)."""
     if env_flag("DRLOSS_CPU_ONLY"):
-        return False
+        return False, "DRLOSS_CPU_ONLY=1 was set when it was built"
     if torch.version.cuda is None:
         problem = f"torch {torch.__version__} was built without CUDA"
     else:
@@ -73,11 +76,39 @@ def want_cuda():
     if env_flag("FORCE_CUDA"):
         if problem is not None:
             sys.exit(f"drloss_cuda: FORCE_CUDA=1 but the CUDA kernels cannot be built: {problem}.")
-        return True
+        return True, None
     if problem is not None:
+        # pip shows this only with -v; `python -m drloss_cuda` and the CUDA kernels' stand-ins
+        # (csrc/no_cuda_kernels.cpp) say it again from the built extension.
         print(f"drloss_cuda: building the CPU kernels only: {problem}.", file=sys.stderr)
-        return False
-    return True
+        return False, problem
+    return True, None
+
+
+def cuda_archs():
+    """The architectures torch's builder targets: TORCH_CUDA_ARCH_LIST, else the visible GPUs'."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if archs:
+        return archs
+    return ";".join(sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
+
+
+def hex_macro(name, text):
+    # Build facts travel as hex: a string macro with spaces and quotes does not survive the
+    # shell and ninja quoting of every toolchain; the extension decodes it.
+    return (name, text.encode().hex() or "0")
+
+
+def build_record(with_cuda, cuda_absent_reason):
+    """What `python -m drloss_cuda` prints about the build, compiled into the extension."""
+    return json.dumps(
+        {
+            "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda,
+            "cuda_archs": cuda_archs() if with_cuda else None,
+            "cuda_absent_reason": cuda_absent_reason,
+        }
+    )
 
 
 def extension():
@@ -92,7 +123,9 @@ def extension():
     if sys.platform == "darwin":  # Apple clang has no -fopenmp: fall back to serial kernels
         cxx_flags.remove("-fopenmp")
         link_flags.remove("-fopenmp")
-    if want_cuda():
+    with_cuda, cuda_absent_reason = cuda_build_plan()
+    define_macros.append(hex_macro("DRLOSS_BUILD_RECORD_HEX", build_record(with_cuda, cuda_absent_reason)))
+    if with_cuda:
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
         define_macros.append(("DRLOSS_WITH_CUDA", None))
@@ -105,6 +138,8 @@ def extension():
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=link_flags,
         )
+    sources.append(os.path.join(csrc, "no_cuda_kernels.cpp"))
+    define_macros.append(hex_macro("DRLOSS_CUDA_ABSENT_REASON_HEX", cuda_absent_reason))
     return CppExtension(
         "drloss_cuda._C",
         sources,
@@ -115,7 +150,16 @@ def extension():
     )
 
 
+def license_metadata():
+    """BSD-3-Clause as each setuptools takes it: an SPDX expression from 77 on, where the older
+    `license` field is deprecated; the plain field before, which does not know the expression."""
+    major = int(setuptools.__version__.split(".")[0])
+    field = "license_expression" if major >= 77 else "license"
+    return {field: "BSD-3-Clause", "license_files": ["LICENSE"]}
+
+
 setup(
+    **license_metadata(),
     packages=find_packages(include=["drloss_cuda", "drloss_cuda.*"]),
     ext_modules=[extension()],
     # torch's builder falls back to plain setuptools (one file at a time) when ninja is missing.

@@ -1,6 +1,7 @@
 """Checks what the installed drloss_cuda build contains: `--cuda` when its CUDA kernels must be
-there (build_info and a CUDA kernel registered for both ops), `--no-cuda` when they must not.
-Prints the build and exits non-zero on any mismatch."""
+there (build_info and the CUDA kernels registered for both ops), `--no-cuda` when they must not
+(then the stand-ins registered for CUDA tensors must say why). Prints the build and exits
+non-zero on any mismatch."""
 
 import argparse
 import sys
@@ -30,8 +31,12 @@ def main():
         print(f"  {op}: kernels {kernels}")
         if not kernels["CPU"] or not kernels["Meta"]:
             failures.append(f"{op} lacks its CPU or Meta kernel")
-        if kernels["CUDA"] != want_cuda:
-            failures.append(f"{op}: CUDA kernel registered is {kernels['CUDA']}, expected {want_cuda}")
+        if not kernels["CUDA"]:
+            failures.append(f"{op}: no kernel registered for CUDA tensors")
+    if not want_cuda and not info["cuda_absent_reason"]:
+        failures.append("a build without CUDA kernels must record why")
+    if want_cuda and not info["cuda_archs"]:
+        failures.append("a build with CUDA kernels must record its architectures")
     for failure in failures:
         print(f"check_build: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "build_record.h"
 #include "dr_loss.h"
 #include "dr_loss_math.h"
 #include "messages.h"
@@ -192,13 +193,15 @@ PyObject* build_info(PyObject*, PyObject*) {
 #else
   const int cuda = 0;
 #endif
-  return Py_BuildValue("{s:O,s:O}", "openmp", openmp ? Py_True : Py_False, "cuda",
-                       cuda ? Py_True : Py_False);
+  const std::string record = drloss::build_record();
+  return Py_BuildValue("{s:O,s:O,s:s}", "openmp", openmp ? Py_True : Py_False, "cuda",
+                       cuda ? Py_True : Py_False, "record", record.c_str());
 }
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS,
-     "Whether this build has OpenMP (parallel CPU kernels) and the CUDA kernels."},
+     "Whether this build has OpenMP (parallel CPU kernels) and the CUDA kernels, and the "
+     "build record (JSON: the torch it was built against, CUDA architectures, why no CUDA)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -9,6 +9,8 @@ same formula also comes as autograd.Functions (FusedLoss, FusedLossBackward) wit
 which eager calls of the public function use so that torch.func's transforms work.
 """
 
+import json
+
 import torch
 
 from . import _common
@@ -29,8 +31,17 @@ backward_op = torch.ops.drloss_cuda.sigmoid_dr_loss_backward
 
 
 def build_info():
-    """{'openmp': bool, 'cuda': bool}: what this build of the extension contains."""
-    return _C.build_info()
+    """What this build of the extension contains: {'openmp': bool, 'cuda': bool (the CUDA
+    kernels), 'torch': the torch version it was built against, 'torch_cuda': that torch's CUDA
+    version or None, 'cuda_archs': the GPU architectures built for (None without CUDA kernels),
+    'cuda_absent_reason': why the CUDA kernels were not built (None when they were)}.
+    `python -m drloss_cuda` prints it."""
+    info = _C.build_info()
+    record = json.loads(info.pop("record") or "{}")
+    return {**info, **{key: record.get(key) for key in BUILD_RECORD_KEYS}}
+
+
+BUILD_RECORD_KEYS = ("torch", "torch_cuda", "cuda_archs", "cuda_absent_reason")
 
 
 def _check_forward_args(logits, labels, hyper):

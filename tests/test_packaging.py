@@ -7,6 +7,7 @@ import sys
 import tarfile
 
 import pytest
+import torch
 
 import drloss_cuda
 from problems import expected_loss
@@ -42,11 +43,23 @@ def test_sdist_carries_every_source_and_header(tmp_path):
 
     needed = {pathlib.PurePosixPath(p.relative_to(ROOT).as_posix()) for p in (ROOT / "csrc").rglob("*") if p.suffix in SOURCE_SUFFIXES}
     needed |= {pathlib.PurePosixPath(p.relative_to(ROOT).as_posix()) for p in (ROOT / "drloss_cuda").glob("*.py")}
-    needed |= {pathlib.PurePosixPath(name) for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")}
+    needed |= {pathlib.PurePosixPath(name) for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "LICENSE", "CHANGELOG.md")}
     assert any(p.suffix == ".cu" for p in needed) and any(p.suffix == ".h" for p in needed)
     assert sorted(map(str, needed - packed)) == []
     built = [p for p in packed if p.suffix in {".so", ".o", ".pyd"} or "__pycache__" in p.parts]
     assert built == [], "the sdist must not carry build outputs"
+    results = [p for p in packed if p.parts[:2] == ("benchmarks", "results") or p.parts[:1] == ("tools",)]
+    assert results == [], "the sdist ships no measured results and no development tools"
+
+
+def test_installed_metadata_declares_the_license():
+    try:
+        metadata = importlib.metadata.metadata("drloss_cuda")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("drloss_cuda is imported from the source tree without being installed")
+    # License-Expression from setuptools 77 on, License before (setup.py's license_metadata).
+    assert (metadata.get("License-Expression") or metadata.get("License")) == "BSD-3-Clause"
+    assert "LICENSE" in (metadata.get_all("License-File") or [])
 
 
 
@@ -159,11 +172,50 @@ def test_reference_imports_without_the_extension():
     assert float(out.stdout) == pytest.approx(expected_loss(0.5, 0.5), rel=1e-6)
 
 
-def test_build_info_reports_openmp():
+def test_build_info_says_what_was_built():
     info = drloss_cuda.build_info()
-    assert set(info) == {"openmp", "cuda"}
+    assert set(info) == {"openmp", "cuda", "torch", "torch_cuda", "cuda_archs", "cuda_absent_reason"}
     if sys.platform.startswith("linux"):
         assert info["openmp"], "the CPU kernels were built without OpenMP: they would run on one core"
+    assert info["torch"] == torch.__version__, "the extension was built against another torch"
+    assert info["torch_cuda"] == torch.version.cuda
+    if info["cuda"]:
+        assert info["cuda_archs"] and info["cuda_absent_reason"] is None
+    else:
+        assert info["cuda_archs"] is None and info["cuda_absent_reason"]
+
+
+def test_python_m_drloss_cuda_prints_the_build():
+    info = drloss_cuda.build_info()
+    out = subprocess.run([sys.executable, "-m", "drloss_cuda"], capture_output=True, text=True, check=True).stdout
+    assert f"drloss_cuda {drloss_cuda.__version__}" in out
+    assert f"built against torch {info['torch']}" in out
+    if info["cuda"]:
+        assert f"CUDA kernels: yes, for architectures {info['cuda_archs']}" in out
+    else:
+        assert f"CUDA kernels: no, because {info['cuda_absent_reason']}" in out
+        assert "FORCE_CUDA=1 pip install --no-build-isolation" in out
+
+
+def test_cuda_tensors_in_a_build_without_cuda_kernels_are_told_why():
+    """The kernels registered for CUDA tensors in a CPU-only build, called through the dispatcher
+    as a CUDA tensor would call them (no GPU is needed to reach them)."""
+    info = drloss_cuda.build_info()
+    if info["cuda"]:
+        pytest.skip("this build has the CUDA kernels: the stand-ins are not registered")
+    logits, labels = torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long)
+    hyper = (1.0, 0.1, 6.0, 4.0, 0.5, 0)
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    forward = torch.ops.drloss_cuda.sigmoid_dr_loss_forward.default
+    backward = torch.ops.drloss_cuda.sigmoid_dr_loss_backward.default
+    stats = torch.zeros(1, 6)
+    for call in (lambda: forward.redispatch(cuda, logits, labels, *hyper),
+                 lambda: backward.redispatch(cuda, torch.ones(1), logits, labels, stats, *hyper)):
+        with pytest.raises(RuntimeError) as error:
+            call()
+        message = str(error.value)
+        assert "this build of drloss_cuda has no CUDA kernels" in message
+        assert info["cuda_absent_reason"] in message and "python -m drloss_cuda" in message
 
 
 def test_build_without_torch_fails_with_a_message_not_a_traceback():
