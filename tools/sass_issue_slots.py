@@ -26,7 +26,7 @@ Prediction, per element, on a GPU with S multiprocessors at clock f:
     memory  = bytes / copy bandwidth
     time    = max(issue, mufu, memory): the fraction of the memory floor is memory / time.
 The maximum assumes the three overlap perfectly; the forward kernels measured 1.45-1.5 times it
-on an H200 (docs/cuda-performance.md, "Measured on an H200"), so read it as a lower bound.
+on an H200 (docs/performance.md, "What bounds each path"), so read it as a lower bound.
 """
 
 import argparse

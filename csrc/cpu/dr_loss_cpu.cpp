@@ -117,7 +117,7 @@ class ChunkQueue {
 // The elements [begin, end) of one group, classified. `neg` is 1 for a negative and 0
 // otherwise; `pos_index` lists the positions (relative to begin) of the positives. One
 // ChunkKinds serves a thread's consecutive chunks: rather than refilling `neg` with ones for
-// every chunk (60% of the classification's time), it keeps the few zeros it wrote (the
+// every chunk, it keeps the few zeros it wrote (the
 // positives and the spans of ignored anchors) and sets only those back to one.
 struct ChunkKinds {
   int32_t neg[kChunk];
@@ -216,9 +216,8 @@ using raw_of = typename Storage<scalar_t>::raw_t;
 }  // namespace
 
 // float16 <-> float32 for n elements. The portable conversions (Storage<c10::Half>, c10's bit
-// manipulations) cost about 11 and 15 vector instructions per element, which made the float16
-// backward 1.7x the float32 one in arithmetic; where the CPU has F16C (every x86-64-v3 CPU)
-// one instruction converts 8 elements. Both round to nearest even, so the results are the same
+// manipulations) take many vector instructions per element; where the CPU has F16C (every
+// x86-64-v3 CPU) one instruction converts 8 elements. Both round to nearest even, so the results are the same
 // bits (NaN payloads aside). The version is picked at load time, like the clones above; the
 // logits are converted once per chunk, the gradient once per block.
 DRLOSS_CPU_PORTABLE void half_block_to_float(const uint16_t* in, int64_t n, float* out) {
@@ -260,8 +259,7 @@ constexpr bool kIs16Bit = kIsHalf<scalar_t> || std::is_same<scalar_t, c10::BFloa
 
 // A 16-bit gradient is computed into a float block and converted in a loop of its own. In one
 // loop with the gradient, GCC's AVX2 code for bfloat16 narrowed the selects' masks to 16 bits
-// and blended there (3 blends, 5 packs and 4 float compares per 16 elements): the bfloat16
-// backward took 1.5x the float32 one's arithmetic, and 1.2x with the block.
+// and blended there, which cost more than the separate loop.
 template <typename scalar_t>
 inline void store_block(const float* grad, int64_t n, raw_of<scalar_t>* out) {
   if constexpr (kIsHalf<scalar_t>) {
@@ -325,9 +323,8 @@ struct LaneSums {
 
 // Software prefetch one chunk ahead. The dense loops below go block by block; before each
 // block they ask for the logits at the same place in the next chunk, so that memory keeps
-// working while the arithmetic runs. The hardware prefetcher alone overlaps the two only in
-// part (a test loop with one sigmoid and one exp2 per element took 40% longer streaming from
-// memory than from L1 without this, 15% with it). `end` bounds the requests to the logits.
+// working while the arithmetic runs: the hardware prefetcher alone overlaps the two only in
+// part. `end` bounds the requests to the logits.
 template <typename raw_t>
 inline void prefetch_next_chunk(const raw_t* block, int64_t n, const raw_t* end) {
   constexpr uintptr_t kLine = 64;
@@ -445,8 +442,7 @@ DRLOSS_CPU_CLONES void negative_grad_chunk(const raw_of<scalar_t>* x, acc_t* p,
 }
 
 // A freshly allocated multi-MiB gradient is mapped in 4 KiB pages, and faulting them in costs
-// more than computing the gradient (measured: 25 ms of faults against ~10 ms of arithmetic for
-// 64 MiB). Asking for transparent huge pages on its 2 MiB-aligned interior removes most of
+// more than computing the gradient. Asking for transparent huge pages on its 2 MiB-aligned interior removes most of
 // them. It is only a hint: where it is refused or unsupported nothing changes.
 void advise_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

@@ -52,12 +52,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMinBlocksPerSM = 4;             // register cap: at most 64 per thread
 // Steps of the backward's walk (two vectors each) whose logits a thread asks the L2 to fetch
 // ahead of its loads: a prefetch holds no register, so more DRAM reads stay in flight at the
-// register cap's occupancy. Measured (docs/cuda-performance.md): one step took 2.7% off the
-// backward on an H200, and neither helped nor cost on an H100, already at its copy bandwidth.
-// It applies only where the backward loads whole 16-byte vectors of float, half or bfloat16:
-// elsewhere (double, misaligned logits) it raised register spills for no measured gain. The
-// forward prefetches nothing: bound by its issue rate rather than its loads, it was 2-4% slower
-// with it.
+// register cap's occupancy. Only where the backward loads whole 16-byte vectors of float, half
+// or bfloat16: elsewhere (double, misaligned logits) it adds register spills. The forward,
+// bound by its issue rate rather than its loads, prefetches nothing (docs/performance.md).
 constexpr int kBackwardPrefetchSteps = 1;
 constexpr int kFinalizeThreads = 128;          // one warp per group
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
