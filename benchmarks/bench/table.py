@@ -102,7 +102,8 @@ def noise_warnings(rows):
             )
     noisy = [r for r in rows if r["p20_ms"] > 0 and r["p80_ms"] > NOISY_SPREAD * r["p20_ms"]]
     if noisy:
-        names = ", ".join(f"{r['provider']} {r['mode']}" for r in noisy)
+        several = len({point_key(r)[1:] for r in rows}) > 1  # then each name says its point
+        names = ", ".join(f"{r['provider']} {r['mode']}" + (f" {r['N']}x{r['A']}x{r['C']} {r['dtype']}" if several else "") for r in noisy)
         out.append(f"- p80 over {NOISY_SPREAD:g}x p20 (noisy): {names}")
     return out
 

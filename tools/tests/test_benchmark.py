@@ -340,7 +340,10 @@ def test_noise_warnings_flag_a_forward_slower_than_forward_backward():
     assert "fused" in warning and "forward 6.29 ms is slower than forward+backward 2.34 ms" in warning
     spread = [row("official_pooled", "forward", 10.0, 5.0, 20.0)]
     (warning,) = table.noise_warnings(spread)
-    assert "noisy" in warning and "official_pooled forward" in warning
+    assert "noisy" in warning and warning.endswith(": official_pooled forward")
+    two_points = spread + [dict(spread[0], A=200)]
+    (warning,) = table.noise_warnings(two_points)
+    assert warning.endswith(": official_pooled forward 2x100x8 float32, official_pooled forward 2x200x8 float32")
 
 
 def test_floor_drift_restates_fused_floor_against_a_higher_end_bandwidth():
