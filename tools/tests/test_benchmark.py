@@ -192,13 +192,15 @@ def test_record_appends_to_the_committed_csv(tmp_path):
 
 def test_budget(tmp_path, capsys):
     """A budget already spent skips every provider visibly (not a failure) and writes no rows;
-    no log file is written unless --log names one."""
+    no log file is written unless --log names one, which then holds what was printed."""
     assert resolve(["--device", "cpu", "--out-dir", str(tmp_path)]).log is None
-    code = benchmark.main(["--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x500x5", "--budget", "0", "--no-plot", "--out-dir", str(tmp_path)])
+    log = tmp_path / "logs" / "run.log"
+    code = benchmark.main(["--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x500x5", "--budget", "0", "--no-plot", "--out-dir", str(tmp_path / "out"), "--log", str(log)])
     out = capsys.readouterr().out
     assert code == 0
     assert "skipped fused: over the run's budget of 0 s" in out and "skipped dense_masked: over the run's budget of 0 s" in out
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    assert log.read_text() == out  # --log gets everything printed
 
 
 def test_rows_append_and_plots(tmp_path):
