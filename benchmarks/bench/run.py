@@ -71,8 +71,9 @@ class MachineState:
     @classmethod
     def measure(cls, device, kernels_load):
         nbytes = floor.copy_bytes(device)
+        copy_bw = floor.copy_bandwidth(device, nbytes)
         pace_ns = pace.arithmetic_pace(device) if kernels_load else None
-        return cls(machine.load_average(), nbytes, floor.copy_bandwidth(device, nbytes), pace_ns)
+        return cls(machine.load_average(), nbytes, copy_bw, pace_ns)
 
 
 @dataclass
