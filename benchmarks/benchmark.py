@@ -1,16 +1,16 @@
 #!/usr/bin/env python
 """Speed and memory of the fused sigmoid DR loss against its pure-PyTorch peers.
 
-    python benchmarks/benchmark.py --quick          # seconds: one small size, CSV to a fresh temporary folder
+    python benchmarks/benchmark.py --quick          # the demo: one small size, under a minute
     python benchmarks/benchmark.py                  # the full run on this machine's default device
     python benchmarks/benchmark.py --device cuda    # RetinaNet sizes, float32/bfloat16/float16
 
 Every provider is checked against float64 (loss and gradient) on the inputs it is timed on
 before it is timed; the timed calls of all providers and modes are interleaved. A provider that
-fails is not timed and the run exits with status 1. Rows go to a CSV, plots of time and memory
-against A are drawn, and a Markdown table (with fused's speedup over every provider in this
-run) is printed last. The parts live in bench/; benchmarks/README.md describes the method,
-the flags and every column.
+fails is not timed and the run exits with status 1. The run prints one table, what its columns
+mean and where its rows went: the CSV and plots go to --out-dir (by default a folder under the
+system's temporary directory), never into the checkout unless --record asks. The parts live in
+bench/; benchmarks/README.md describes the options and every column.
 """
 
 import os
@@ -63,7 +63,7 @@ def printed_to(log):
 
 
 def main(argv=None):
-    args = options.output_paths(options.resolve_args(options.build_parser().parse_args(argv)))
+    args = options.resolve_args(options.build_parser().parse_args(argv))
     with printed_to(args.log):
         return run.run(args)
 

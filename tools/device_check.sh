@@ -179,18 +179,40 @@ step_sanitizer() {
   echo "$tool: no error in this project's kernels, and every case matches float64"
 }
 
-# benchmark.py "$@" into $OUT_DIR, then its last forward+backward headline again as the last
-# line (for the summary: the table comes last in the benchmark's own output).
+# benchmark.py "$@" with its CSV in $OUT_DIR, then the table's last fused forward+backward line
+# again, as one sentence, as the last line (for the summary: the benchmark's own output ends
+# with the column legend and the file it wrote).
 run_benchmark() {
   local log
   log=$(mktemp)
-  "$PY" benchmarks/benchmark.py "$@" --out-dir "$OUT_DIR" --csv "$OUT_DIR/benchmark.csv" --no-plot --no-log 2>&1 | tee "$log"
+  "$PY" benchmarks/benchmark.py "$@" --out-dir "$OUT_DIR" --no-plot 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local headline
-  headline=$(grep '^- forward_backward' "$log" | tail -n 1)
+  headline=$(fused_headline "$log")
   rm -f "$log"
-  [ -n "$headline" ] && echo "${headline#- }"
+  [ -n "$headline" ] && echo "$headline"
   return "$rc"
+}
+
+# "forward_backward N=.. A=.. C=.. DTYPE: fused X ms; speedup of fused over P Yx, ..." from the
+# table rows of the last point that fused measured forward+backward (cells: mode, N, A, C,
+# dtype, provider, median ms, ..., fused speedup last).
+fused_headline() {
+  awk -F'|' '
+    function trim(s) { gsub(/^ +| +$/, "", s); return s }
+    $2 ~ /^ forward_backward / {
+      key = trim($3) " " trim($4) " " trim($5) " " trim($6)
+      if (key != last) { last = key; fused = ""; peers = "" }
+      if (trim($7) == "fused") fused = trim($8)
+      else peers = peers (peers == "" ? "" : ", ") trim($7) " " trim($(NF - 1))
+      if (fused != "") { done_key = key; done_fused = fused; done_peers = peers }
+    }
+    END {
+      if (done_key == "") exit
+      split(done_key, k, " ")
+      line = "forward_backward N=" k[1] " A=" k[2] " C=" k[3] " " k[4] ": fused " done_fused " ms"
+      print line (done_peers == "" ? "" : "; speedup of fused over " done_peers)
+    }' "$1"
 }
 
 step_benchmark() {

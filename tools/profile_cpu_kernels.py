@@ -90,11 +90,11 @@ class Point:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1x4000x80,2x100000x80"))
-    p.add_argument("--dtypes", default="float32,bfloat16,float16")
-    p.add_argument("--threads", default=f"1,{torch.get_num_threads()}")
-    p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per point and op, on average (at least 5 calls each)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes("1x4000x80,2x100000x80"), metavar="NxAxC[,...]", help="comma-separated sizes: N images, A anchors per image, C classes (default 1x4000x80,2x100000x80)")
+    p.add_argument("--dtypes", default="float32,bfloat16,float16", help="comma-separated logits dtypes from: float32, bfloat16, float16, float64 (default float32,bfloat16,float16)")
+    p.add_argument("--threads", default=f"1,{torch.get_num_threads()}", help=f"comma-separated thread counts to time each point with (default 1,{torch.get_num_threads()}: one and torch's default)")
+    p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per point and op, on average (at least 5 calls each; default 1.5)")
     p.add_argument("--bounds", action="store_true", help="also time read, copy_used and copy_fresh (see above)")
     args = p.parse_args()
     ops = ("forward", "backward") + (("read", "copy_used", "copy_fresh") if args.bounds else ())

@@ -68,11 +68,11 @@ def host_launch_us(fn, calls=50):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes("8x201600x80"))
-    p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--blocks", default="0,66,132,264,528", help="blocks per group to try (0: the launcher's choice)")
-    p.add_argument("--repeats", type=int, default=20)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=parse_sizes, default=parse_sizes("8x201600x80"), metavar="NxAxC[,...]", help="comma-separated sizes: N images, A anchors per image, C classes (default 8x201600x80)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated logits dtypes from: float32, bfloat16, float16, float64 (default float32,bfloat16)")
+    p.add_argument("--blocks", default="0,66,132,264,528", help="comma-separated blocks per group to try (0: the launcher's choice; default 0,66,132,264,528)")
+    p.add_argument("--repeats", type=int, default=20, help="profiled calls per point, layout and split (default 20)")
     args = p.parse_args()
     if not torch.cuda.is_available() or not drloss_cuda.build_info()["cuda"]:
         raise SystemExit("profile_cuda_kernels: needs a GPU and drloss_cuda built with its CUDA kernels")

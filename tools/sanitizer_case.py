@@ -113,9 +113,9 @@ def check_case(device, dtype, label_dtype, shape, offset, first_label, labels_ki
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    parser.add_argument("--seed", type=int, help="default: a fresh one, printed")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where the fused kernels run (default cuda; cpu checks the CPU kernels the same way)")
+    parser.add_argument("--seed", type=int, help="seed of the random cases (default: a fresh one, printed)")
     args = parser.parse_args(argv)
     os.environ["DRLOSS_POISON_OUTPUTS"] = "1"  # the ops read it at each call
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")

@@ -233,13 +233,12 @@ def predict(row, gpu):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--arch", default="90", help="SM architecture to compile for")
-    parser.add_argument("--cubin", help="use this cubin instead of compiling one")
-    parser.add_argument("--csv", help="also write the rows to this CSV file")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="90", help="SM architecture to compile for (default 90)")
+    parser.add_argument("--cubin", help="count this cubin instead of compiling one")
+    parser.add_argument("--csv", help="also write the rows to this CSV file (default: none)")
     parser.add_argument("--root", default=ROOT,
-                        help="the source tree to count (e.g. an older checkout, to compare)")
+                        help="the source tree to count, e.g. an older checkout to compare (default: this checkout)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cubin = args.cubin or compile_cubin(args.arch, tmp, args.root)

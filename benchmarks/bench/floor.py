@@ -22,12 +22,27 @@ def floor_bytes(mode, logits, labels):
     return passes["forward"] if mode == "forward" else passes["forward"] + passes["backward"]
 
 
+COPY_REPEATS = 10
+
+
 def copy_bytes(device):
     """Size of the copy that measures bandwidth: large enough to leave every cache."""
     return (1 << 30) if device == "cuda" else (256 << 20)
 
 
-def copy_bandwidth(device, nbytes, repeats=10):
+def copy_words(device):
+    """What the copy that measures bandwidth is called on `device` (a CPU run says nothing of
+    GPUs)."""
+    return "GPU copy bandwidth" if device == "cuda" else "memory copy bandwidth"
+
+
+def describe_copy(device, nbytes, bandwidth):
+    """One line: the bandwidth and how it was measured."""
+    what = "device-to-device copy" if device == "cuda" else "copy in memory"
+    return f"{copy_words(device)}: {bandwidth / 1e9:.1f} GB/s (one {nbytes >> 20} MiB {what}, read + write counted, median of {COPY_REPEATS})"
+
+
+def copy_bandwidth(device, nbytes, repeats=COPY_REPEATS):
     """Bytes/s of dst.copy_(src) (counting the read and the write) on `device`, the median of
     `repeats` copies: the memory-bound ceiling the providers' achieved bytes/s is compared with."""
     n = nbytes // 4

@@ -10,9 +10,19 @@ from .inputs import DTYPES
 from .providers import PROVIDERS
 from .timing import CUDA_TIMINGS, MODES
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+# The committed CSV, written by --record only.
+RECORD_CSV = Path(__file__).resolve().parents[1] / "results" / "benchmark.csv"
+OUT_DIR_NAME = "drloss_cuda_benchmark"
 
-# --quick: one small point, eager providers, under 30 s even on a heavily loaded 2-core machine
+
+def default_out_dir():
+    """Where a run's CSV and plots go unless --out-dir says: one folder under the system's
+    temporary directory, reused by every run, so that runs leave neither the checkout nor a
+    trail of folders behind."""
+    return Path(tempfile.gettempdir()) / OUT_DIR_NAME
+
+
+# --quick: one small point, eager providers, under a minute even on a heavily loaded 2-core machine
 # (where the peers take 0.3-0.5 s a call). The fused providers get 30 timed calls; the peers,
 # 10-100 times slower, stop after 0.75 s once they have 3. The calls of all providers and both
 # modes are interleaved, and each provider's check (a forward and backward call just before
@@ -58,31 +68,51 @@ def default_points(device, quick):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Speed and memory of the fused sigmoid DR loss against its pure-PyTorch peers (see benchmarks/README.md).")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="auto: cuda when a GPU is available, else cpu")
-    p.add_argument("--quick", action="store_true", help="one small size, eager providers unless named, no plots or log; CSV to a fresh temporary folder unless --csv/--out-dir")
-    p.add_argument("--providers", help=f"comma-separated subset of: {', '.join(PROVIDERS)} (default: all; --quick: all but the compiled ones)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: forward, forward_backward")
-    p.add_argument("--sizes", type=parse_sizes, help="comma-separated NxAxC, e.g. 2x100000x80,2x50000x80 (each measured in every --dtypes)")
-    p.add_argument("--dtypes", help="comma-separated logits dtypes: float32, bfloat16, float16, float64 (default float32; with neither --sizes nor --dtypes on CUDA: float32 for every size, bfloat16 and float16 at A=201,600)")
-    p.add_argument("--repeats", type=int, help=f"timed calls per provider and mode (default {FULL['repeats']}; --quick {QUICK['repeats']})")
-    p.add_argument("--warmup", type=int, help=f"untimed calls before timing (default {FULL['warmup']}; --quick {QUICK['warmup']})")
-    p.add_argument("--max-seconds", type=float, help=f"stop timing a provider in a mode after this many seconds once --min-repeats calls are timed (default {FULL['max_seconds']:g}; --quick {QUICK['max_seconds']:g})")
-    p.add_argument("--min-repeats", type=int, help=f"timed calls a provider gets in each mode before --max-seconds can stop it (default {FULL['min_repeats']}; --quick {QUICK['min_repeats']})")
-    p.add_argument("--cuda-timing", choices=CUDA_TIMINGS, default="queued", help="queued (default): each call's device time with the GPU's queue kept full, as in training; idle: each call's latency on an idle GPU, the host's launch overhead included")
-    p.add_argument("--input-sets", type=int, help="input sets the timed calls rotate through (default 4 on CUDA, 2 on CPU)")
-    p.add_argument("--budget", type=float, help="seconds: no provider's check starts later than this after the run's start; the providers left are reported as skipped (default: no limit)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads before measuring (default: torch's default)")
-    p.add_argument("--seed", type=int, help="seed of the inputs (default: a fresh one, printed)")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="include the torch.compile providers (default on, off with --quick)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile providers")
-    p.add_argument("--out-dir", type=Path, help="folder for the CSV (unless --csv), plots and log (default benchmarks/results; --quick: a fresh temporary folder)")
-    p.add_argument("--csv", type=Path, help="CSV the rows are appended to (default OUT_DIR/benchmark.csv)")
-    p.add_argument("--plot", dest="plot", action="store_true", default=None, help="draw PNG plots (default on, off with --quick)")
-    p.add_argument("--no-plot", dest="plot", action="store_false")
-    p.add_argument("--log", type=Path, help="also write everything printed to this file (default OUT_DIR/benchmark_<device>.log on full runs)")
-    p.add_argument("--no-log", dest="log", action="store_const", const=False, help="write no log file")
+    """The command line, in three groups (what to measure, how to time it, where results go);
+    a new mode adds its flags with an add_*_arguments function of its own."""
+    p = argparse.ArgumentParser(
+        description="Speed and memory of the fused sigmoid DR loss against its pure-PyTorch peers, side by "
+        "side in one run. Prints one table; writes its rows and plots to --out-dir, outside the checkout "
+        "unless told otherwise.",
+        epilog=f"Results go to {default_out_dir()} unless --out-dir names another folder (the CSV there is "
+        "appended to, run after run); only --record writes into the checkout. benchmarks/README.md "
+        "explains every column.",
+    )
+    add_measure_arguments(p.add_argument_group("what to measure"))
+    add_timing_arguments(p.add_argument_group("timing"))
+    add_output_arguments(p.add_argument_group("output"))
     return p
+
+
+def add_measure_arguments(g):
+    g.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to run (default auto: cuda when a GPU is available, else cpu)")
+    g.add_argument("--quick", action="store_true", help="the demo: one small size (2x3000x80 on the CPU, 2x20000x80 on CUDA), eager providers unless named, short timing, no plots")
+    g.add_argument("--providers", metavar="NAMES", help=f"comma-separated subset of: {', '.join(PROVIDERS)} (default: all; --quick: all but the compiled ones)")
+    g.add_argument("--modes", default=",".join(MODES), metavar="MODES", help="comma-separated subset of: forward (the loss alone), forward_backward (the loss and its gradient); default both")
+    g.add_argument("--sizes", type=parse_sizes, metavar="NxAxC[,...]", help="comma-separated NxAxC (N images, A anchors per image, C classes), e.g. 2x100000x80,2x50000x80; each is measured in every --dtypes (default: the device's sizes, see benchmarks/README.md)")
+    g.add_argument("--dtypes", metavar="DTYPES", help="comma-separated logits dtypes from: float32, bfloat16, float16, float64 (default float32; with neither --sizes nor --dtypes on CUDA, bfloat16 and float16 are added at A=201600)")
+    g.add_argument("--compile", dest="compile", action="store_true", default=None, help="include the torch.compile providers (default on, off with --quick)")
+    g.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the torch.compile providers")
+    g.add_argument("--threads", type=int, metavar="T", help="torch.set_num_threads before measuring (default: torch's default)")
+    g.add_argument("--seed", type=int, metavar="S", help="seed of the inputs (default: a fresh one, printed)")
+
+
+def add_timing_arguments(g):
+    g.add_argument("--repeats", type=int, metavar="R", help=f"timed calls per provider and mode (default {FULL['repeats']}; --quick {QUICK['repeats']})")
+    g.add_argument("--warmup", type=int, metavar="W", help=f"untimed calls before timing (default {FULL['warmup']}; --quick {QUICK['warmup']})")
+    g.add_argument("--max-seconds", type=float, metavar="S", help=f"stop timing a provider in a mode after this many seconds once --min-repeats calls are timed (default {FULL['max_seconds']:g}; --quick {QUICK['max_seconds']:g})")
+    g.add_argument("--min-repeats", type=int, metavar="M", help=f"timed calls a provider gets in each mode before --max-seconds can stop it (default {FULL['min_repeats']}; --quick {QUICK['min_repeats']})")
+    g.add_argument("--input-sets", type=int, metavar="K", help="input sets the timed calls rotate through (default 4 on CUDA, 2 on the CPU); each timed call also starts with the caches flushed")
+    g.add_argument("--cuda-timing", choices=CUDA_TIMINGS, default="queued", help="CUDA only. queued (default): each call's GPU time with the GPU's queue kept full, as in training; idle: each call's latency on an idle GPU, the host's launch overhead included")
+    g.add_argument("--budget", type=float, metavar="S", help="seconds: no provider's check starts later than this after the run's start; the providers left are reported as skipped (default: no limit)")
+
+
+def add_output_arguments(g):
+    g.add_argument("--out-dir", type=Path, metavar="DIR", help=f"folder for benchmark.csv (rows appended) and the plots (default {default_out_dir()}, the same folder for every run)")
+    g.add_argument("--record", nargs="?", type=Path, const=RECORD_CSV, metavar="CSV", help=f"also append the rows to CSV, by default the committed {RECORD_CSV.relative_to(RECORD_CSV.parents[2])}: the one way a run writes into the checkout, on purpose")
+    g.add_argument("--plot", dest="plot", action="store_true", default=None, help="draw PNG plots of time and memory against A into --out-dir (default on, off with --quick)")
+    g.add_argument("--no-plot", dest="plot", action="store_false", help="draw no plots")
+    g.add_argument("--log", type=Path, metavar="PATH", help="also write everything printed to this file (default: none)")
 
 
 def comma_list(text, allowed, what):
@@ -94,8 +124,7 @@ def comma_list(text, allowed, what):
 
 
 def resolve_args(args):
-    """Fills in every default that depends on the device and --quick. The output folder of a
-    --quick run without --out-dir/--csv is left to output_paths (a fresh one per run)."""
+    """Fills in every default that depends on the device and --quick."""
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -128,24 +157,9 @@ def resolve_args(args):
         raise SystemExit("benchmark: --repeats, --min-repeats and --input-sets must be >= 1, --warmup >= 0")
     if args.budget is not None and args.budget < 0:
         raise SystemExit("benchmark: --budget must be >= 0")
-    if args.out_dir is None and not quick:
-        args.out_dir = RESULTS
-    if args.out_dir is not None:
-        args.csv = args.csv or args.out_dir / "benchmark.csv"
+    if args.out_dir is None:
+        args.out_dir = default_out_dir()
+    args.csv = args.out_dir / "benchmark.csv"
     if args.plot is None:
         args.plot = not quick
-    if args.log is None and not quick:
-        args.log = args.out_dir / f"benchmark_{args.device}.log"
-    if args.log is False:
-        args.log = None
-    return args
-
-
-def output_paths(args):
-    """Gives a --quick run without --out-dir a fresh temporary folder (so that runs from
-    different clones or at different times never add to each other's CSV)."""
-    if args.out_dir is None:
-        args.out_dir = Path(tempfile.mkdtemp(prefix="drloss_cuda_benchmark_quick_")) if args.csv is None else args.csv.parent
-    if args.csv is None:
-        args.csv = args.out_dir / "benchmark.csv"
     return args

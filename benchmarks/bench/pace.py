@@ -1,7 +1,7 @@
 """The pace of the CPU's arithmetic at the start and at the end of a run.
 
 On a shared machine the pace of vector arithmetic can change within a minute while the copy
-bandwidth holds (benchmarks/results/cpu_xeon_20261127): the fused CPU kernels, whose time is
+bandwidth holds (docs/performance.md): the fused CPU kernels, whose time is
 mostly arithmetic, then speed up and slow down against a floor that stays put. The probe says
 which pace a run had: the fused float32 forward on logits that fit the caches, whose time is
 its arithmetic alone."""
@@ -36,5 +36,10 @@ def arithmetic_pace(device):
 
 
 def describe(pace_ns):
+    """The pace, what it is and what it is for, in one line (printed once, at a run's start)."""
     N, A, C = PROBE_SIZE
-    return f"{pace_ns:.3f} ns per element (fused forward, {N}x{A}x{C} float32 logits in cache, best of {PROBE_CALLS} calls)"
+    return (
+        f"{pace_ns:.3f} ns per element (the fused forward on {N}x{A}x{C} float32 logits that fit the caches, "
+        f"best of {PROBE_CALLS} calls: the CPU's speed at arithmetic alone, which a busy or throttled machine "
+        "lowers; compare two runs' times only at a similar pace)"
+    )

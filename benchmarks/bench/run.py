@@ -14,8 +14,8 @@ from .checks import CheckFailed, check_provider, reference_loss_and_grad
 from .csv_rows import append_csv
 from .inputs import DTYPES, IGNORED_FRACTION, POSITIVE_FRACTION, make_inputs
 from .providers import PROVIDERS
-from .table import floor_drift, headline, markdown_table, noise_warnings
-from .timing import percentile, time_interleaved, timing_label
+from .table import column_legend, floor_drift, markdown_table, noise_warnings
+from .timing import CacheFlush, percentile, time_interleaved, timing_label
 
 
 def run(args):
@@ -26,15 +26,11 @@ def run(args):
         torch.set_num_threads(args.threads)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     common = run_identity(args)
-    print_header(args, common, seed)
-    copy_bytes = floor.copy_bytes(args.device)
-    copy_bw = floor.copy_bandwidth(args.device, copy_bytes)
-    print(f"copy bandwidth ({copy_bytes >> 20} MiB device-to-device, read + write): {copy_bw / 1e9:.1f} GB/s")
     kernels_load = fused_unavailable(("fused",), args.device) is None
-    common["arithmetic_pace_ns"] = pace.arithmetic_pace(args.device) if kernels_load else None
-    if common["arithmetic_pace_ns"] is not None:
-        print(f"arithmetic pace: {pace.describe(common['arithmetic_pace_ns'])}")
-    print()
+    start = MachineState.measure(args.device, kernels_load)
+    common["arithmetic_pace_ns"] = start.pace_ns
+    flush = CacheFlush(args.device)
+    print_header(args, common, seed, start, flush)
 
     generator = torch.Generator(device=args.device).manual_seed(seed)
     outcome = Outcome(unavailable=fused_unavailable(args.providers, args.device))
@@ -43,16 +39,41 @@ def run(args):
         point = (N, A, C, dtype_name)
         input_sets = [make_inputs(N, A, C, DTYPES[dtype_name], args.device, generator) for _ in range(args.input_sets)]
         passed = check_point(args, point, input_sets[0], outcome, deadline)
-        rows = time_point(args, point, input_sets, passed, outcome.built, common, copy_bw)
+        rows = time_point(args, point, input_sets, passed, outcome.built, common, start.copy_bw, flush)
         if rows:  # written point by point: a run stopped later keeps what it measured
-            append_csv(args.csv, rows)
+            for path in csv_paths(args):
+                append_csv(path, rows)
             outcome.rows += rows
         del input_sets
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
-    report(args, common, outcome, copy_bw)
+    report(args, common, outcome, start)
     return 1 if outcome.failures else 0
+
+
+def csv_paths(args):
+    """The CSVs a run appends its rows to: the one in --out-dir, and the --record one if asked."""
+    return [args.csv] + ([args.record] if args.record and args.record != args.csv else [])
+
+
+@dataclass
+class MachineState:
+    """What the machine could do at one moment: its load, its copy bandwidth (the floor's
+    yardstick) and, on the CPU, its arithmetic pace (pace.py). Measured at a run's start and
+    end: figures taken while these changed are not comparable with each other."""
+
+    load: object
+    copy_bytes: int
+    copy_bw: float
+    pace_ns: float = None
+
+    @classmethod
+    def measure(cls, device, kernels_load):
+        nbytes = floor.copy_bytes(device)
+        copy_bw = floor.copy_bandwidth(device, nbytes)
+        pace_ns = pace.arithmetic_pace(device) if kernels_load else None
+        return cls(machine.load_average(), nbytes, copy_bw, pace_ns)
 
 
 @dataclass
@@ -72,20 +93,26 @@ class Outcome:
 
 
 TIMING_WORDS = {
-    "host": "host wall clock around each call",
-    "cuda_queued": "CUDA events around each call, the GPU's queue kept full (device time per call, as in training)",
+    "host": "wall clock around each call",
+    "cuda_queued": "CUDA events around each call, the GPU's queue kept full (GPU time per call, as in training)",
     "cuda_idle": "CUDA events around each call on an idle GPU (latency, host launch overhead included)",
 }
 
 
-def print_header(args, common, seed):
+def print_header(args, common, seed, start, flush):
+    """What is measured, on what, and the machine's state at the start."""
+    what = "GPU" if args.device == "cuda" else "CPU"
     print(f"# drloss_cuda benchmark, run {common['run_id']}")
-    print(f"device: {args.device} = {common['device_name']}; torch {torch.__version__}; threads {common['threads']}; commit {common['git_commit']}; python {platform.python_version()}; load average {common['load_avg_1m']}")
-    print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}")
+    print(f"{what}: {common['device_name']}; {common['threads']} threads; torch {torch.__version__}; python {platform.python_version()}; commit {common['git_commit']}; load average {common['load_avg_1m']}")
     budget = f"; budget {args.budget:g} s" if args.budget is not None else ""
-    print(f"points (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; warmup {args.warmup}, repeats {args.repeats} (at least {args.min_repeats}, at most {args.max_seconds:g} s a provider and mode), {args.input_sets} input sets, seed {seed}{budget}")
-    print(f"timing: {TIMING_WORDS[common['timing']]}")
-    print(f"labels: {POSITIVE_FRACTION:.0%} positive, {IGNORED_FRACTION:.0%} ignored, the rest background; logits ~ N(0, 1)")
+    print(f"providers: {', '.join(args.providers)}; modes: {', '.join(args.modes)}")
+    print(f"sizes (NxAxC dtype): {', '.join(f'{n}x{a}x{c} {dt}' for n, a, c, dt in args.points)}; seed {seed}")
+    print(f"timing: {TIMING_WORDS[common['timing']]}; warmup {args.warmup}, then {args.repeats} calls (at least {args.min_repeats}, at most {args.max_seconds:g} s a provider and mode), rotating through {args.input_sets} input sets; before each call the caches are flushed (a {flush.nbytes >> 20} MiB write, not timed){budget}")
+    print(f"inputs: logits ~ N(0, 1); labels {POSITIVE_FRACTION:.0%} positive, {IGNORED_FRACTION:.0%} ignored, the rest background")
+    print(floor.describe_copy(args.device, start.copy_bytes, start.copy_bw))
+    if start.pace_ns is not None:
+        print(f"arithmetic pace: {pace.describe(start.pace_ns)}")
+    print()
 
 
 def check_point(args, point, check_inputs, outcome, deadline):
@@ -125,7 +152,7 @@ def check_point(args, point, check_inputs, outcome, deadline):
     return passed
 
 
-def time_point(args, point, input_sets, passed, built, common, copy_bw):
+def time_point(args, point, input_sets, passed, built, common, copy_bw, flush):
     """Times the providers that passed (interleaved), measures their peak memory, and returns
     the point's rows; `common` holds the columns the run's rows share."""
     N, A, C, dtype_name = point
@@ -133,7 +160,7 @@ def time_point(args, point, input_sets, passed, built, common, copy_bw):
     if not fns:
         return []
     faults = {}
-    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats, args.cuda_timing, page_faults=faults)
+    times = time_interleaved(fns, args.modes, input_sets, args.device, args.warmup, args.repeats, args.max_seconds, args.min_repeats, args.cuda_timing, page_faults=faults, flush=flush)
     rows = []
     for mode in args.modes:
         for name, (loss, loss_err, grad_err) in passed.items():
@@ -143,11 +170,6 @@ def time_point(args, point, input_sets, passed, built, common, copy_bw):
             counts = faults.get((name, mode))
             row.update(memory_method=memory.method(args.device), loss=loss, loss_rel_err=loss_err, grad_rel_err=grad_err, page_faults_per_call=sum(counts) / len(counts) if counts else None)
             rows.append(row)
-            print(
-                f"{name:>22} N={N} A={A} C={C} {dtype_name} {mode:<16} median {row['median_ms']:9.3f} ms  (p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}, {row['repeats']} runs)"
-                f"  peak extra {row['peak_extra_mib']:8.1f} MiB  {row['achieved_gbps']:6.1f} GB/s ({100 * row['floor_fraction']:.1f}% of copy)"
-                + (f"  {row['page_faults_per_call']:.0f} page faults/call" if counts else "")
-            )
     return rows
 
 
@@ -200,40 +222,32 @@ def figures(times_ms, peak, floor_bytes, copy_bw):
     )
 
 
-def report(args, common, outcome, copy_bw):
-    """Where the rows went, the plots, what was skipped or failed, the headline, the warnings
-    on noisy figures, the machine's load, copy bandwidth and arithmetic pace at the end against
-    the start (a run whose pace changed on the way has figures from two machines, in effect;
-    where the copy bandwidth rose, fused's floor % against the end's figure) and, last, the
-    table."""
+def report(args, common, outcome, start):
+    """The table, what its columns mean, the notes on its figures, the machine's state at the
+    end against the start, what was skipped or failed, and where the rows and plots went."""
     rows = outcome.rows
     if rows:
-        print(f"\n{len(rows)} rows appended to {args.csv}")
+        print()
+        print(markdown_table(rows))
+        print("\ncolumns:")
+        print("\n".join(column_legend(rows, args.device)))
+    end = MachineState.measure(args.device, start.pace_ns is not None)
+    notes = noise_warnings(rows) + floor_drift(rows, start.copy_bw / 1e9, end.copy_bw / 1e9)
+    if notes:
+        print("\nnotes:")
+        print("\n".join(notes))
+    at_end = [f"load average {end.load} (start {start.load})", f"{floor.copy_words(args.device)} {end.copy_bw / 1e9:.1f} GB/s (start {start.copy_bw / 1e9:.1f})"]
+    if end.pace_ns is not None:
+        at_end.append(f"arithmetic pace {end.pace_ns:.3f} ns per element (start {start.pace_ns:.3f})")
+    print(f"\nat the end: {'; '.join(at_end)}")
+    for name, reason in outcome.skipped:
+        print(f"skipped {name}: {reason}")
+    for failure in outcome.failures:
+        print(f"FAILED: {failure}")
+    if rows:
+        print(f"rows: {len(rows)} appended to {' and '.join(str(p) for p in csv_paths(args))}")
         if args.plot:
             from .plots import plot_rows
 
             for path in plot_rows(rows, args.out_dir):
                 print(f"plot: {path}")
-    for name, reason in outcome.skipped:
-        print(f"skipped {name}: {reason}")
-    for failure in outcome.failures:
-        print(f"FAILED: {failure}")
-    lines = headline(rows)
-    if lines:
-        print("\nfused speedup, forward+backward (median time of the peer / median time of fused):")
-        print("\n".join(lines))
-    warnings = noise_warnings(rows)
-    if warnings:
-        print("\nnoisy timings (the machine was busy; rerun on a quiet machine before quoting them):")
-        print("\n".join(warnings))
-    print(f"load average at the end: {machine.load_average()} (at the start: {common['load_avg_1m']})")
-    copy_bw_end = floor.copy_bandwidth(args.device, floor.copy_bytes(args.device))
-    print(f"copy bandwidth at the end: {copy_bw_end / 1e9:.1f} GB/s (at the start: {copy_bw / 1e9:.1f})")
-    drift = floor_drift(rows, copy_bw / 1e9, copy_bw_end / 1e9)
-    if drift:
-        print("\n".join(drift))
-    pace_end = pace.arithmetic_pace(args.device) if common["arithmetic_pace_ns"] is not None else None
-    if pace_end is not None:
-        print(f"arithmetic pace at the end: {pace_end:.3f} ns per element (at the start: {common['arithmetic_pace_ns']:.3f})")
-    print()
-    print(markdown_table(rows))

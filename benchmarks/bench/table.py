@@ -1,4 +1,4 @@
-"""What a run prints last: the speedups of fused, warnings on noisy figures, a Markdown table."""
+"""What a run prints at its end: the Markdown table, what its columns mean, warnings on noisy figures."""
 
 from .providers import PROVIDERS
 from .timing import MODES
@@ -62,21 +62,27 @@ def fmt_count(value):
     return "-" if value is None else f"{value:.0f}"
 
 
-def headline(rows, mode="forward_backward"):
-    """Sentences with fused's speedup over every other provider, and pooled over pooled."""
-    out = []
-    by_key = {}
-    for r in rows:
-        by_key.setdefault(point_key(r), {})[r["provider"]] = r["median_ms"]
-    for (m, n, a, c, dt), times in by_key.items():
-        if m != mode or "fused" not in times:
-            continue
-        parts = [f"{p} {times[p] / times['fused']:.1f}x" for p in times if p != "fused"]
-        if "fused_pooled" in times and "official_pooled" in times:
-            parts.append(f"(pooled vs pooled: fused_pooled over official_pooled {times['official_pooled'] / times['fused_pooled']:.1f}x)")
-        peers = "speedup of fused over " + ", ".join(parts) if parts else "no peer measured"
-        out.append(f"- {m} N={n} A={a} C={c} {dt}: fused {times['fused']:.3g} ms; {peers}")
-    return out
+def column_legend(rows, device):
+    """The lines under the table that say, once each, what its columns mean (the page-fault
+    column only where the table has it)."""
+    from .floor import copy_words
+
+    faults = any(r.get("page_faults_per_call") is not None for r in rows)
+    lines = [
+        "- mode: forward = the loss alone; forward_backward = the loss and its gradient",
+        "- N, A, C, dtype: images, anchors per image, classes; the logits' dtype",
+        "- provider: what computes the loss (benchmarks/README.md lists them); *_pooled ones compute one loss over the whole batch, the others one per image",
+        "- median ms, p20-p80 ms: time per call, the median and the 20th-80th percentile range of the timed calls",
+        "- peak extra MiB: memory one call allocates beyond its inputs (the gradient included)",
+    ]
+    if faults:
+        lines.append("- page faults/call: fresh memory pages one call touches first (the OS zeroes each one: slow)")
+    lines += [
+        "- GB/s: the bytes a call cannot avoid moving (the forward reads logits and labels once; the backward reads them again and writes the gradient) / the median time",
+        f"- floor %: GB/s against the {copy_words(device)} above: 100% would be as fast as copying those bytes",
+        "- fused speedup: this row's median / fused's median at the same mode, size and dtype (above 1: fused is faster)",
+    ]
+    return lines
 
 
 def noise_warnings(rows):
@@ -96,7 +102,8 @@ def noise_warnings(rows):
             )
     noisy = [r for r in rows if r["p20_ms"] > 0 and r["p80_ms"] > NOISY_SPREAD * r["p20_ms"]]
     if noisy:
-        names = ", ".join(f"{r['provider']} {r['mode']}" for r in noisy)
+        several = len({point_key(r)[1:] for r in rows}) > 1  # then each name says its point
+        names = ", ".join(f"{r['provider']} {r['mode']}" + (f" {r['N']}x{r['A']}x{r['C']} {r['dtype']}" if several else "") for r in noisy)
         out.append(f"- p80 over {NOISY_SPREAD:g}x p20 (noisy): {names}")
     return out
 

@@ -2,6 +2,7 @@
 
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,20 +65,60 @@ def minor_page_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else None
 
 
+# The flush writes twice the largest cache, within these bounds (and FLUSH_FALLBACK_BYTES where
+# the size is unknown): enough to replace every line an earlier call left in any level.
+FLUSH_MIN_BYTES, FLUSH_MAX_BYTES, FLUSH_FALLBACK_BYTES = 8 << 20, 512 << 20, 64 << 20
+
+
+def largest_cache_bytes(device):
+    """The device's largest cache in bytes (the CPU's from Linux's sysfs, the GPU's L2), or None
+    where it is not known."""
+    if device == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size or None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = path.read_text().strip()
+            sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(sizes) if sizes else None
+
+
+class CacheFlush:
+    """Writes over the caches before each timed call. Calls are interleaved, so without it a
+    call that reads the inputs right after another one reads them from the cache where its
+    predecessor left them, while the call after a peer with large temporaries reads them from
+    memory: at sizes whose inputs fit the caches that, not the code, set their order."""
+
+    def __init__(self, device):
+        cache = largest_cache_bytes(device)
+        self.nbytes = min(max(2 * cache, FLUSH_MIN_BYTES), FLUSH_MAX_BYTES) if cache else FLUSH_FALLBACK_BYTES
+        self.buffer = torch.empty(self.nbytes // 4, dtype=torch.float32, device=device)
+        self.count = 0
+
+    def __call__(self):
+        self.count += 1
+        self.buffer.fill_(self.count)  # a new value each time: every line is written
+
+
 class Round:
     """One round's timed calls: host wall clock on the CPU, with the page faults each call
     took; CUDA events on the GPU, read once the round is done (idle: the device synchronized
     before each call)."""
 
-    def __init__(self, device, cuda_timing):
-        self.device, self.queued = device, device == "cuda" and cuda_timing == "queued"
+    def __init__(self, device, cuda_timing, flush=None):
+        self.device, self.queued, self.flush = device, device == "cuda" and cuda_timing == "queued", flush
         self.host_ms, self.events, self.faults = [], [], []
         if self.queued:
             torch.cuda.synchronize()
             torch.cuda._sleep(QUEUE_HEAD_START_CYCLES)
 
     def time(self, key, fn, logits, labels, mode):
-        """Runs and times one call of fn, under `key`."""
+        """Runs and times one call of fn, under `key` (after the flush, which is not timed)."""
+        if self.flush is not None:
+            self.flush()
         if self.device != "cuda":
             f0 = minor_page_faults()
             t0 = time.perf_counter()
@@ -103,7 +144,7 @@ class Round:
         return self.host_ms + [(key, start.elapsed_time(end)) for key, start, end in self.events]
 
 
-def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued", page_faults=None):
+def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_seconds, min_repeats, cuda_timing="queued", page_faults=None, flush=None):
     """Per-call times in ms, {(name, mode): [ms, ...]}, of every provider in `fns` ({name: fn})
     in every mode. After `warmup` untimed calls of each, the timed calls go round all the
     (provider, mode) pairs in turn (round i on input set i mod K), so that a slow spell of the
@@ -111,7 +152,8 @@ def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_second
     provider's forward can otherwise come out slower than its forward+backward. A pair stops
     after `repeats` calls, or earlier, once it has `min_repeats` and its calls add up to more
     than `max_seconds`. On CUDA, `cuda_timing` (CUDA_TIMINGS) says how a call is timed. On the
-    CPU a dict passed as `page_faults` receives each pair's minor page faults per timed call."""
+    CPU a dict passed as `page_faults` receives each pair's minor page faults per timed call.
+    `flush` (a CacheFlush), when given, runs before each timed call."""
     if cuda_timing not in CUDA_TIMINGS:
         raise ValueError(f"cuda_timing must be one of {CUDA_TIMINGS}, got {cuda_timing!r}")
     pairs = [(name, mode) for mode in modes for name in fns]
@@ -126,7 +168,7 @@ def time_interleaved(fns, modes, input_sets, device, warmup, repeats, max_second
     i = 0
     while active:
         logits, labels = input_sets[i % len(input_sets)]
-        timed = Round(device, cuda_timing)
+        timed = Round(device, cuda_timing, flush)
         for pair in active:
             timed.time(pair, fns[pair[0]], logits, labels, pair[1])
         for pair, elapsed in timed.finish():

@@ -1,12 +1,19 @@
 """The benchmark (benchmarks/benchmark.py and its parts in benchmarks/bench/): its --quick run
-writes well-formed rows to a fresh folder, its correctness check rejects a provider that
-computes the wrong loss or the wrong gradient, its timing interleaves providers and modes, and
-its report flags figures that noise has made contradictory. Timings are never asserted on."""
+prints one table and writes well-formed rows to its output folder, a run leaves the checkout
+as it was unless --record asks, its correctness check rejects a provider that computes the
+wrong loss or the wrong gradient, its timing interleaves providers and modes with the caches
+flushed before each call, and its report flags figures that noise has made contradictory.
+Timings are never asserted on."""
 
 import csv
+import hashlib
 import math
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +24,7 @@ BENCHMARKS = REPO / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import benchmark  # noqa: E402
-from bench import checks, memory, options, pace, peers, providers, table, timing  # noqa: E402
+from bench import checks, floor, memory, options, pace, peers, providers, table, timing  # noqa: E402
 from bench.csv_rows import CSV_COLUMNS, append_csv  # noqa: E402
 from bench.inputs import make_inputs  # noqa: E402
 
@@ -57,8 +64,15 @@ def check_rows(rows, names, modes, sizes):
     assert len({(r["run_id"], r["git_commit"], r["device_name"]) for r in rows}) == 1
 
 
-def test_quick_run_writes_well_formed_rows(tmp_path):
-    """The README's command, `benchmark.py --quick`, run as a script into a temporary folder."""
+# Words a CPU run must not print: it has no GPU, no CUDA and no "device" (drloss_cuda, the
+# package's name, is not a word of its own).
+GPU_WORDS = re.compile(r"\b(gpu|cuda|device|device-to-device)\b", re.IGNORECASE)
+
+
+def test_quick_run_prints_one_table_in_cpu_words(tmp_path):
+    """The README's command, `benchmark.py --quick`, run as a script with its output in a
+    temporary folder: well-formed rows, one table with one line per row, each column explained
+    once below it, the machine's state at the start and at the end, and no GPU word."""
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "benchmark.py"), "--quick", "--device", "cpu", "--sizes", "2x1500x80,1x1000x7", "--out-dir", str(out)],
@@ -69,18 +83,37 @@ def test_quick_run_writes_well_formed_rows(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_rows(out / "benchmark.csv")
     check_rows(rows, EAGER, timing.MODES, [(2, 1500, 80), (1, 1000, 7)])
-    # The Markdown table comes last, with one line per row.
-    tail = result.stdout.rstrip().splitlines()
-    table = tail[-len(rows) - 2 :]
-    assert table[0].startswith("| mode | N | A | C | dtype | provider | median ms | p20-p80 ms |")
-    assert all(line.startswith("| ") for line in table[2:])
-    assert not (out / "benchmark_cpu.log").exists()  # --quick writes no log unless asked
-    # The machine's state at the start and at the end, the pace at the start as in the rows.
     lines = result.stdout.splitlines()
+    heads = [k for k, line in enumerate(lines) if line.startswith("| mode |")]
+    assert len(heads) == 1, result.stdout  # one table
+    head = heads[0]
+    assert lines[head].startswith("| mode | N | A | C | dtype | provider | median ms | p20-p80 ms |")
+    assert all(line.startswith("| ") for line in lines[head + 2 : head + 2 + len(rows)])
+    assert sum(line.startswith("|") for line in lines) == len(rows) + 2
+    # Each column is explained once, under the table.
+    legend = table.column_legend(rows, "cpu")
+    assert all(lines.count(entry) == 1 and lines.index(entry) > head for entry in legend)
+    for column in ("median ms", "peak extra MiB", "page faults/call", "GB/s", "floor %", "fused speedup"):
+        assert sum(entry.startswith(f"- {column}") or f", {column}" in entry.split(":")[0] for entry in legend) == 1, column
+    assert not any(" median " in line and " ms " in line and not line.startswith("|") for line in lines)  # no result printed twice
+    # The machine at the start (pace as in the rows) and at the end, the files last.
     start_pace = [line for line in lines if line.startswith("arithmetic pace: ")]
     assert len(start_pace) == 1 and f"{float(rows[0]['arithmetic_pace_ns']):.3f} ns per element" in start_pace[0]
-    assert sum(line.startswith("arithmetic pace at the end: ") for line in lines) == 1
-    assert sum(line.startswith("copy bandwidth at the end: ") for line in lines) == 1
+    assert sum(line.startswith("memory copy bandwidth: ") for line in lines) == 1
+    (end,) = [line for line in lines if line.startswith("at the end: ")]
+    assert "memory copy bandwidth" in end and "arithmetic pace" in end
+    assert lines[-1] == f"rows: {len(rows)} appended to {out / 'benchmark.csv'}"
+    assert not GPU_WORDS.search(result.stdout + result.stderr), GPU_WORDS.search(result.stdout + result.stderr)
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.csv"]  # --quick draws no plots
+
+
+def test_gpu_words_only_on_a_gpu():
+    """The copy bandwidth and the floor column say 'memory' on the CPU, 'GPU' on a GPU."""
+    cpu = floor.describe_copy("cpu", 256 << 20, 20e9) + " ".join(table.column_legend([], "cpu"))
+    assert "memory copy bandwidth: 20.0 GB/s" in cpu and not GPU_WORDS.search(cpu)
+    gpu = floor.describe_copy("cuda", 1 << 30, 3e12) + " ".join(table.column_legend([], "cuda"))
+    assert "GPU copy bandwidth: 3000.0 GB/s (one 1024 MiB device-to-device copy" in gpu
+    assert "page faults" not in gpu
 
 
 def test_arithmetic_pace_is_a_cpu_figure():
@@ -95,37 +128,79 @@ def resolve(argv):
     return options.resolve_args(options.build_parser().parse_args(argv))
 
 
-def test_quick_writes_to_a_fresh_folder_outside_the_repository():
-    """Each --quick run gets its own temporary folder: runs never add to each other's CSV."""
-    args = resolve(["--quick", "--device", "cpu"])
-    assert args.out_dir is None and args.csv is None and not args.plot and args.log is None
-    assert all(not providers.PROVIDERS[n].compiled for n in args.providers)
-    first = options.output_paths(args).csv
-    second = options.output_paths(resolve(["--quick", "--device", "cpu"])).csv
-    try:
-        assert first.parent != second.parent and first.name == second.name == "benchmark.csv"
-        for csv_path in (first, second):
-            assert options.RESULTS not in csv_path.parents and options.RESULTS.parent not in csv_path.parents
-            assert csv_path.parent.is_dir() and not any(csv_path.parent.iterdir())
-    finally:
-        first.parent.rmdir()
-        second.parent.rmdir()
-    full = resolve(["--device", "cpu"])
-    assert full.csv == options.RESULTS / "benchmark.csv" and full.plot
+def test_results_go_to_one_named_folder_outside_the_checkout():
+    """Without --out-dir, a run (quick or full) writes to one folder under the system's
+    temporary directory, the same for every run; only --record names the committed CSV."""
+    for argv in (["--quick"], []):
+        args = resolve(argv + ["--device", "cpu"])
+        assert args.out_dir == options.default_out_dir() and args.csv == args.out_dir / "benchmark.csv"
+        assert REPO not in args.out_dir.resolve().parents and args.record is None
+    assert options.default_out_dir().parent == Path(tempfile.gettempdir())
+    quick, full = resolve(["--quick", "--device", "cpu"]), resolve(["--device", "cpu"])
+    assert not quick.plot and full.plot
+    assert all(not providers.PROVIDERS[n].compiled for n in quick.providers)
     assert {"dense_masked_compiled", "focal_compiled"} <= set(full.providers)
     assert (2, 100000, 80, "float32") in full.points
+    assert resolve(["--device", "cpu", "--record"]).record == options.RECORD_CSV == REPO / "benchmarks" / "results" / "benchmark.csv"
+    assert resolve(["--device", "cpu", "--record", "x.csv"]).record == Path("x.csv")
 
 
-def test_no_log_and_budget(tmp_path, capsys):
-    """--no-log writes no log file even on a full run; a budget already spent skips every
-    provider visibly (not a failure) and writes no rows."""
-    args = resolve(["--device", "cpu", "--no-log", "--out-dir", str(tmp_path)])
-    assert args.log is None
-    code = benchmark.main(["--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x500x5", "--budget", "0", "--no-plot", "--no-log", "--out-dir", str(tmp_path)])
+def checkout_state():
+    """`git status` of the checkout and the content of its tracked files under benchmarks/."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("the checkout is not a git work tree (or git is missing): its state cannot be read")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "benchmarks"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    return status, {name: hashlib.sha256((REPO / name).read_bytes()).hexdigest() for name in tracked if (REPO / name).is_file()}
+
+
+@pytest.mark.parametrize("mode", [["--quick"], ["--repeats", "2", "--warmup", "0", "--no-compile"]], ids=["quick", "default"])
+def test_a_run_leaves_the_checkout_unchanged(mode, tmp_path):
+    """A --quick run and a default (full) run, at a small size, as scripts with the system's
+    temporary directory in tmp_path: `git status` and every tracked file under benchmarks/ are
+    the same after as before, and the rows are in the named folder there."""
+    if mode != ["--quick"]:
+        pytest.importorskip("matplotlib")  # a full run draws its plots
+    before = checkout_state()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "benchmark.py"), "--device", "cpu", *mode, "--sizes", "1x600x5,1x1200x5", "--providers", "fused,dense_masked", "--modes", "forward"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert checkout_state() == before
+    out = tmp_path / options.OUT_DIR_NAME
+    assert len(read_rows(out / "benchmark.csv")) == 2 * 2
+    assert f"rows: 4 appended to {out / 'benchmark.csv'}" in result.stdout.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.csv"] + ([] if mode == ["--quick"] else ["benchmark_cpu_forward_N1_C5_float32.png"])
+
+
+def test_record_appends_to_the_committed_csv(tmp_path):
+    """--record CSV appends the run's rows to CSV (the committed one's stand-in here, a copy of
+    it), after the rows it held, as well as to the output folder's CSV."""
+    committed = tmp_path / "committed.csv"
+    shutil.copyfile(options.RECORD_CSV, committed)
+    before = committed.read_text()
+    out = tmp_path / "out"
+    argv = ["--quick", "--device", "cpu", "--providers", "fused", "--sizes", "1x500x5", "--modes", "forward", "--repeats", "2", "--out-dir", str(out), "--record", str(committed)]
+    assert benchmark.main(argv) == 0
+    after = committed.read_text()
+    assert after.startswith(before) and len(after.splitlines()) == len(before.splitlines()) + 1
+    (row,) = read_rows(out / "benchmark.csv")
+    assert read_rows(committed)[-1] == row
+
+
+def test_budget(tmp_path, capsys):
+    """A budget already spent skips every provider visibly (not a failure) and writes no rows;
+    no log file is written unless --log names one, which then holds what was printed."""
+    assert resolve(["--device", "cpu", "--out-dir", str(tmp_path)]).log is None
+    log = tmp_path / "logs" / "run.log"
+    code = benchmark.main(["--device", "cpu", "--providers", "fused,dense_masked", "--sizes", "1x500x5", "--budget", "0", "--no-plot", "--out-dir", str(tmp_path / "out"), "--log", str(log)])
     out = capsys.readouterr().out
     assert code == 0
     assert "skipped fused: over the run's budget of 0 s" in out and "skipped dense_masked: over the run's budget of 0 s" in out
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    assert log.read_text() == out  # --log gets everything printed
 
 
 def test_rows_append_and_plots(tmp_path):
@@ -196,6 +271,32 @@ def test_timing_interleaves_providers_and_modes():
     assert timed == [(name, r % 2) for r in range(3) for name in "abab"]
 
 
+def test_the_caches_are_flushed_before_each_timed_call():
+    """Every timed call comes right after a flush (and no untimed one needs it); the flush
+    writes over twice the largest cache (within its bounds), so that no call finds its inputs
+    where the call before it left them."""
+    events = []
+
+    class Flush:
+        def __call__(self):
+            events.append("flush")
+
+    def fn(logits, labels):
+        events.append("call")
+        return (logits * 1.0).sum()
+
+    input_sets = [(torch.randn(1, 3, 2, requires_grad=True), torch.zeros(1, 3, dtype=torch.long))]
+    timing.time_interleaved({"a": fn, "b": fn}, timing.MODES, input_sets, "cpu", warmup=1, repeats=3, max_seconds=60, min_repeats=1, flush=Flush())
+    assert events == ["call"] * 4 + ["flush", "call"] * 12
+    flush = timing.CacheFlush("cpu")
+    cache = timing.largest_cache_bytes("cpu")
+    expected = min(max(2 * cache, timing.FLUSH_MIN_BYTES), timing.FLUSH_MAX_BYTES) if cache else timing.FLUSH_FALLBACK_BYTES
+    assert flush.nbytes == expected and flush.buffer.numel() * 4 == expected
+    flush()
+    flush()
+    assert (flush.buffer == 2).all()  # each flush writes every element anew
+
+
 @pytest.mark.skipif(timing.minor_page_faults() is None, reason="the OS gives no page-fault count (no `resource` module)")
 def test_timing_counts_the_page_faults_of_each_call():
     """A call that writes to 64 MiB of freshly mapped memory is charged its page faults (at
@@ -241,7 +342,10 @@ def test_noise_warnings_flag_a_forward_slower_than_forward_backward():
     assert "fused" in warning and "forward 6.29 ms is slower than forward+backward 2.34 ms" in warning
     spread = [row("official_pooled", "forward", 10.0, 5.0, 20.0)]
     (warning,) = table.noise_warnings(spread)
-    assert "noisy" in warning and "official_pooled forward" in warning
+    assert "noisy" in warning and warning.endswith(": official_pooled forward")
+    two_points = spread + [dict(spread[0], A=200)]
+    (warning,) = table.noise_warnings(two_points)
+    assert warning.endswith(": official_pooled forward 2x100x8 float32, official_pooled forward 2x200x8 float32")
 
 
 def test_floor_drift_restates_fused_floor_against_a_higher_end_bandwidth():
@@ -255,16 +359,6 @@ def test_floor_drift_restates_fused_floor_against_a_higher_end_bandwidth():
     assert head == "- copy bandwidth 12.0 GB/s at the start and 16.8 at the end: the floor % columns use the start's; against the end's:"
     assert forward == "  - fused forward N=2 A=100 C=8 float32: 35.7% of the floor (not 50.0%)"
     assert both == "  - fused forward_backward N=2 A=100 C=8 float32: 50.0% of the floor (not 70.0%)"
-
-
-def test_headline_names_each_peer_or_says_there_is_none():
-    def row(provider, median):
-        return dict(provider=provider, mode="forward_backward", N=2, A=100, C=8, dtype="float32", median_ms=median)
-
-    (alone,) = table.headline([row("fused", 2.0)])
-    assert alone == "- forward_backward N=2 A=100 C=8 float32: fused 2 ms; no peer measured"
-    (with_peer,) = table.headline([row("fused", 2.0), row("dense_masked", 7.0)])
-    assert with_peer.endswith("fused 2 ms; speedup of fused over dense_masked 3.5x")
 
 
 @pytest.mark.parametrize("bounds", [False, True], ids=["kernels", "kernels-and-bounds"])
