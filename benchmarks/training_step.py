@@ -232,9 +232,6 @@ def measure(loss, dtype_name, images, targets, args):
 
     loss_alone()  # warm-up
     result["loss_ms"] = median_ms(loss_alone, args.loss_repeats, args.device)
-    del model, optimizer, capture
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -289,6 +286,8 @@ def run(args):
                 continue
             try:
                 r = measure(loss, dtype_name, images, targets, args)
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()  # the configuration's model and optimizer state are gone
             except CheckFailed as error:
                 print(f"{loss} {dtype_name}: FAILED: {error}", flush=True)
                 rows[(loss, dtype_name)] = {"skipped": "check failed"}
