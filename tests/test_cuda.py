@@ -17,18 +17,17 @@ import pytest
 import torch
 
 from conftest import cuda_skip_reason
+from kernel_runs import HYPER, assert_cuda_matches_cpu, assert_run_matches_float64, float64_eval, make_inputs, run_ops
 from tolerances import (
     DEFAULTS,
     assert_elementwise,
     assert_grad_close,
-    assert_half_grad_close,
     assert_loss_close,
     assert_stats_close,
     bound_terms,
     dense_float64,
     gradient_tolerance,
     group_relative,
-    shift_stats,
 )
 
 _SKIP = cuda_skip_reason()
@@ -38,75 +37,13 @@ if _SKIP is None:  # importing the ops needs the compiled extension
     from drloss_cuda import reference, sigmoid_dr_loss
     from drloss_cuda.ops import backward_op, forward_op
 
-HYPER = (DEFAULTS["pos_lambda"], DEFAULTS["neg_lambda"], DEFAULTS["L"], DEFAULTS["tau"], DEFAULTS["margin"])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-HALF = (torch.float16, torch.bfloat16)
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
     monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
-
-
-def make_inputs(shape, dtype=torch.float32, first_label=0, label_dtype=torch.int64, scale=3.0, device="cpu"):
-    """Random logits and labels with positives, background and ignored anchors (on the CPU
-    unless `device` says otherwise)."""
-    C = shape[-1]
-    logits = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
-    labels = torch.randint(first_label, first_label + max(C, 1), shape[:-1])
-    u = torch.rand(shape[:-1])
-    background = first_label + C if first_label == 0 else 0
-    labels[u < 0.5] = background
-    labels[u < 0.1] = -1
-    return logits.to(device), labels.to(label_dtype).to(device)
-
-
-def run_ops(logits, labels, first_label, grad_losses=None, hyper=HYPER):
-    losses, stats = forward_op(logits, labels, *hyper, first_label)
-    if grad_losses is None:
-        grad_losses = torch.rand(losses.shape, dtype=losses.dtype, device=losses.device) + 0.5
-    grad = backward_op(grad_losses.to(losses.device), logits, labels, stats, *hyper, first_label)
-    return losses, stats, grad, grad_losses
-
-
-def float64_eval(logits, labels, first_label, grad_losses, hyper=HYPER):
-    return dense_float64(logits.cpu(), labels.cpu(), *hyper, first_label, grad_losses=grad_losses.cpu())
-
-
-def assert_run_matches_float64(logits, labels, first_label, result, ref, hyper=HYPER):
-    """One run of both ops (`result` from run_ops, on any device) against the float64 evaluation
-    `ref`: the loss to its relative accuracy, the gradient element by element (a float16/bfloat16
-    gradient against the float32 run of the same logits, on the same device), and the statistics
-    after the shift to float64's."""
-    losses, stats, grad, g = result
-    dtype = logits.dtype
-    assert grad.dtype == dtype and grad.shape == logits.shape
-    assert_loss_close(losses, ref.losses, dtype, hyper[2], hyper[0], hyper[1])
-    if dtype in HALF:
-        _, _, grad32, _ = run_ops(logits.float(), labels, first_label, g, hyper)
-        assert_grad_close(grad32, ref.grad, torch.float32, ref.bound, "float32 gradient")
-        assert_half_grad_close(grad, grad32, dtype)
-    else:
-        assert_grad_close(grad, ref.grad, dtype, ref.bound)
-    assert_stats_close(shift_stats(stats, ref.stats), ref.stats, ref, dtype, "stats against float64")
-
-
-def assert_cuda_matches_cpu(logits_cpu, labels_cpu, first_label, cuda_logits=None, hyper=HYPER):
-    """Runs both ops on the CPU and on CUDA on the same inputs (same upstream gradient): each
-    against float64, and the two devices' statistics against each other element by element
-    (both kernels shift the exponents by the same rule, so m, Z and E are the same numbers up to
-    rounding)."""
-    cpu = run_ops(logits_cpu, labels_cpu, first_label, hyper=hyper)
-    x = logits_cpu.cuda() if cuda_logits is None else cuda_logits
-    y = labels_cpu.to(x.device)
-    cuda = run_ops(x, y, first_label, cpu[3], hyper)
-    assert cuda[0].device.type == "cuda" and cuda[2].device.type == "cuda"
-    ref = float64_eval(logits_cpu, labels_cpu, first_label, cpu[3], hyper)
-    assert_run_matches_float64(logits_cpu, labels_cpu, first_label, cpu, ref, hyper)
-    assert_run_matches_float64(x, y, first_label, cuda, ref, hyper)
-    assert_stats_close(cuda[1], cpu[1], ref, logits_cpu.dtype, "CUDA stats against CPU stats")
-    return cuda
 
 
 SHAPES = [

@@ -11,8 +11,9 @@
 # Needs python3 (PYTHON=...) with a CUDA torch, pytest, nvcc, ninja, compute-sanitizer; nothing is
 # downloaded. Each step runs under `timeout` with its own limit, cut to what is left before the
 # deadline; a step that finds under 5 s left is 'skipped: out of time'. Logs (8 files at most):
-# environment.log, build.log, cuda_tests.log, retinanet.log, sanitizer.log (memcheck and
-# racecheck), benchmark.log and benchmark.csv (both benchmark runs), summary.md. The summary table
+# environment.log, build.log, cuda_tests.log, retinanet.log (the RetinaNet test and the training
+# step), sanitizer.log (memcheck, racecheck, initcheck and synccheck), benchmark.log and
+# benchmark.csv (both benchmark runs), summary.md. The summary table
 # (step, status, seconds, last line) is printed last; the exit status is 1 when a step failed or
 # timed out ('skipped' and 'missing' are reported, not failures).
 #
@@ -23,11 +24,17 @@
 #   cuda_tests          180 s   `pytest -m cuda` (4 workers when pytest-xdist is there)
 #   retinanet           120 s   one torchvision RetinaNet training step on CUDA, fused against the
 #                               reference ('missing' if that test is absent)
-#   memcheck            120 s   tools/sanitizer_case.py (small cases, every value checked against
-#   racecheck           120 s   float64) under compute-sanitizer, only this project's kernels
-#                               instrumented (--kernel-name kns=drloss)
+#   memcheck             90 s   tools/sanitizer_case.py (small cases, every value checked against
+#   racecheck            90 s   float64; misaligned 16-bit logits, running-max kernels and several
+#   initcheck            90 s   work items per block among them) under compute-sanitizer, only
+#   synccheck            90 s   this project's kernels instrumented (--kernel-name kns=drloss;
+#                               initcheck instruments every kernel, so that PyTorch's writes count)
 #   benchmark           150 s   N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
 #                               fused_pooled, official_pooled, dense_masked, and the copy bandwidth
+#   training_step       200 s   benchmarks/training_step.py: torchvision RetinaNet ResNet-50 FPN,
+#                               batch 8, 800x1216, float32 and bfloat16 autocast, with torchvision's
+#                               focal loss, the official DR code and the fused loss ('missing'
+#                               without torchvision)
 #   benchmark_compiled  rest    fused and dense_masked_compiled at the same points, as far as
 #                               --budget allows (inductor compiles one graph per dtype)
 set -u
@@ -150,7 +157,8 @@ find_sanitizer() {
   return 1
 }
 
-# compute-sanitizer --tool $1 on sanitizer_case.py, only this project's kernels instrumented.
+# compute-sanitizer --tool $1 on sanitizer_case.py, only this project's kernels instrumented
+# (initcheck: every kernel).
 step_sanitizer() {
   local tool=$1
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
@@ -173,8 +181,12 @@ step_sanitizer() {
     echo "cuobjdump could not list the kernels: $(tail -n 1 "$sass" 2>/dev/null)"
     rm -f "$sass"
   fi
+  # initcheck instruments every kernel: a write by a kernel left out (PyTorch's copy of the
+  # inputs, the poisoning fill) would not count, and the reads after it would look uninitialized.
+  local filter=(--kernel-name kns=drloss)
+  [ "$tool" = initcheck ] && filter=()
   # The CUDA caching allocator hides out-of-bounds accesses inside its blocks: turn it off.
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --kernel-name kns=drloss \
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" "${filter[@]}" \
     --error-exitcode 99 --print-limit 20 "$PY" tools/sanitizer_case.py || exit $?
   echo "$tool: no error in this project's kernels, and every case matches float64"
 }
@@ -224,6 +236,17 @@ step_benchmark() {
   fi
 }
 
+step_training_step() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  if ! "$PY" -c "import torchvision" 2>/dev/null; then
+    echo "missing: torchvision is not installed"
+    exit 78
+  fi
+  # No configuration starts in the last 40 s of the step's limit (one takes about 10-20 s).
+  [ "$STEP_LIMIT" -lt 60 ] && skip "skipped: out of time ($STEP_LIMIT s left)"
+  "$PY" benchmarks/training_step.py --device cuda --max-seconds $((STEP_LIMIT - 40))
+}
+
 step_benchmark_compiled() {
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
   # No provider's check starts in the last 60 s of the step's limit: a compile started then
@@ -241,7 +264,10 @@ if [ "${1:-}" = "--step" ]; then
     retinanet) step_retinanet ;;
     memcheck) step_sanitizer memcheck ;;
     racecheck) step_sanitizer racecheck ;;
+    initcheck) step_sanitizer initcheck ;;
+    synccheck) step_sanitizer synccheck ;;
     benchmark) step_benchmark ;;
+    training_step) step_training_step ;;
     benchmark_compiled) step_benchmark_compiled ;;
     *) echo "device_check: unknown step $2" >&2; exit 2 ;;
   esac
@@ -307,9 +333,12 @@ run_step environment 30 environment.log
 run_step build 240 build.log
 run_step cuda_tests 180 cuda_tests.log
 run_step retinanet 120 retinanet.log
-run_step memcheck 120 sanitizer.log
-run_step racecheck 120 sanitizer.log
+run_step memcheck 90 sanitizer.log
+run_step racecheck 90 sanitizer.log
+run_step initcheck 90 sanitizer.log
+run_step synccheck 90 sanitizer.log
 run_step benchmark 150 benchmark.log
+run_step training_step 200 retinanet.log
 run_step benchmark_compiled 600 benchmark.log
 
 failed=0

@@ -1,11 +1,16 @@
-"""Small forward + backward cases of the fused kernels, for compute-sanitizer (memcheck and
-racecheck in tools/device_check.sh), each checked element by element against float64.
+"""Small forward + backward cases of the fused kernels, for compute-sanitizer (memcheck,
+racecheck, initcheck and synccheck in tools/device_check.sh), each checked element by element
+against float64.
 
     python tools/sanitizer_case.py [--device cuda|cpu]
 
 Covers every logits dtype, both label types, per-image and pooled shapes, a C smaller than a
 vector, unaligned logits (a storage offset), first_label 0 and 1, an image with every anchor
-ignored, one with no positive, and no anchors at all. Outputs are poisoned (NaN) before the
+ignored, one with no positive, and no anchors at all; and the kernel paths only particular
+inputs reach: float16/bfloat16 logits with C = 80 at storage offsets 1-7 (the backward's
+vector walk with element-wise logit loads), temperatures below 1/64 (the running-max
+forward, with vectors and element by element) and more work items than the grid has blocks
+(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores). Outputs are poisoned (NaN) before the
 kernels write them. For each case the per-group losses and the gradient (for a random upstream
 gradient) are compared with drloss_cuda.reference run in float64 on the CPU, on the same
 (rounded) logits. Exits 1 if any case differs: the sanitizer's exit code says whether memory
@@ -15,6 +20,7 @@ was accessed correctly, this one whether the results are right.
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -34,12 +40,35 @@ TOLERANCES = {
     torch.bfloat16: (2e-5, 1.6e-2),
 }
 
-# (shape, storage offset in elements, first_label, what the labels hold)
+RUNNING_MAX_HYPER = (1e-3, 1e-3, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)  # both temperatures below 1/64
+HALF = (torch.float16, torch.bfloat16)
+LABEL_DTYPES = (torch.int64, torch.int32)
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: tuple
+    offset: int  # storage offset of the logits, in elements
+    first_label: int
+    labels_kind: str  # what the labels hold
+    dtypes: tuple = DTYPES
+    label_dtypes: tuple = LABEL_DTYPES
+    hyper: tuple = HYPER
+    blocks_per_group: int = 0  # DRLOSS_CUDA_BLOCKS_PER_GROUP for the call; 0: the launcher's choice
+
+
 CASES = (
-    ((2, 257, 80), 0, 0, "mixed"),
-    ((3, 33, 7), 1, 1, "image 0 all ignored, image 1 without positives"),
-    ((1000, 3), 3, 0, "pooled"),
-    ((2, 0, 5), 0, 0, "no anchors"),
+    Case((2, 257, 80), 0, 0, "mixed"),
+    Case((3, 33, 7), 1, 1, "image 0 all ignored, image 1 without positives"),
+    Case((1000, 3), 3, 0, "pooled"),
+    Case((2, 0, 5), 0, 0, "no anchors"),
+    # 16-bit logits 1-7 elements off a 16-byte boundary, C = 80: vectors of the gradient, element-wise loads of the logits
+    *(Case((2, 129, 80), offset, 0, "mixed, misaligned 16-bit", HALF, (LABEL_DTYPES[offset % 2],)) for offset in range(1, 8)),
+    # the running-max forward, walking vectors (C = 80) and elements (C = 7 < a 16-bit vector)
+    Case((2, 129, 80), 0, 0, "mixed, running max", label_dtypes=(torch.int32,), hyper=RUNNING_MAX_HYPER),
+    Case((3, 33, 7), 3, 1, "mixed, running max", label_dtypes=(torch.int64,), hyper=RUNNING_MAX_HYPER),
+    # 4 x 700 items of 80 elements: more than one wave of blocks on any GPU (8 blocks per multiprocessor, at most 300 of them)
+    Case((4, 700, 80), 0, 0, "mixed, several items per block", label_dtypes=(torch.int32,), blocks_per_group=700),
 )
 
 
@@ -67,17 +96,17 @@ def on_device(tensor, device, offset):
     return view
 
 
-def run_kernels(logits, labels, grad_losses, first_label):
+def run_kernels(logits, labels, grad_losses, first_label, hyper=HYPER):
     """The fused forward and backward ops, as the loss calls them."""
-    losses, stats = ops.forward_op(logits, labels, *HYPER, first_label)
-    grad = ops.backward_op(grad_losses, logits, labels, stats, *HYPER, first_label)
+    losses, stats = ops.forward_op(logits, labels, *hyper, first_label)
+    grad = ops.backward_op(grad_losses, logits, labels, stats, *hyper, first_label)
     return losses, grad
 
 
-def expected(logits, labels, grad_losses, first_label):
+def expected(logits, labels, grad_losses, first_label, hyper=HYPER):
     """float64 per-group losses and gradient of sum(losses * grad_losses), on the CPU."""
     x = logits.double().requires_grad_(True)
-    hyper = dict(zip(("pos_lambda", "neg_lambda", "L", "tau", "margin"), HYPER))
+    hyper = dict(zip(("pos_lambda", "neg_lambda", "L", "tau", "margin"), hyper))
     losses = reference.sigmoid_dr_loss(x, labels.long(), reduction="none", first_label=first_label, **hyper)
     (grad,) = torch.autograd.grad((losses * grad_losses.double()).sum(), x, allow_unused=True)
     return losses.detach(), torch.zeros_like(x) if grad is None else grad
@@ -97,19 +126,29 @@ def worst_error(got, want, rtol):
     return ratio.max().item()
 
 
-def check_case(device, dtype, label_dtype, shape, offset, first_label, labels_kind, generator):
-    logits, labels = make_case(shape, dtype, label_dtype, first_label, labels_kind, generator)
-    groups = shape[0] if len(shape) == 3 else 1
+def check_case(device, dtype, label_dtype, case, generator):
+    logits, labels = make_case(case.shape, dtype, label_dtype, case.first_label, case.labels_kind, generator)
+    groups = case.shape[0] if len(case.shape) == 3 else 1
     grad_losses = torch.rand(groups, generator=generator) + 0.5
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    losses, grad = run_kernels(on_device(logits, device, offset), labels.to(device), grad_losses.to(device, acc), first_label)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    want_losses, want_grad = expected(logits, labels, grad_losses, first_label)
+    if case.blocks_per_group:
+        os.environ["DRLOSS_CUDA_BLOCKS_PER_GROUP"] = str(case.blocks_per_group)
+    try:
+        losses, grad = run_kernels(on_device(logits, device, case.offset), labels.to(device), grad_losses.to(device, acc), case.first_label, case.hyper)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    finally:
+        os.environ.pop("DRLOSS_CUDA_BLOCKS_PER_GROUP", None)
+    want_losses, want_grad = expected(logits, labels, grad_losses, case.first_label, case.hyper)
     loss_rtol, grad_rtol = TOLERANCES[dtype]
     if grad.dtype != dtype:
         return float("inf"), float("inf")
     return worst_error(losses, want_losses, loss_rtol), worst_error(grad, want_grad, grad_rtol)
+
+
+def case_runs():
+    """(dtype, label dtype, case) of every run, in order."""
+    return [(dtype, label_dtype, case) for case in CASES for dtype in case.dtypes for label_dtype in case.label_dtypes]
 
 
 def main(argv=None):
@@ -122,15 +161,18 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(seed)
     print(f"sanitizer cases on {args.device}, seed {seed}; errors are in units of the tolerance (<= 1 passes)")
     wrong = total = 0
-    for dtype in DTYPES:
-        for label_dtype in (torch.int64, torch.int32):
-            for shape, offset, first_label, labels_kind in CASES:
-                loss_err, grad_err = check_case(args.device, dtype, label_dtype, shape, offset, first_label, labels_kind, generator)
-                good = loss_err <= 1 and grad_err <= 1
-                total += 1
-                wrong += not good
-                name = f"{str(dtype)[6:]:8} {str(label_dtype)[6:]:5} {'x'.join(map(str, shape)):9} offset {offset} first_label {first_label}"
-                print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({labels_kind})")
+    os.environ.pop("DRLOSS_CUDA_BLOCKS_PER_GROUP", None)  # each case sets its own
+    for dtype, label_dtype, case in case_runs():
+        loss_err, grad_err = check_case(args.device, dtype, label_dtype, case, generator)
+        good = loss_err <= 1 and grad_err <= 1
+        total += 1
+        wrong += not good
+        name = f"{str(dtype)[6:]:8} {str(label_dtype)[6:]:5} {'x'.join(map(str, case.shape)):9} offset {case.offset} first_label {case.first_label}"
+        extra = "".join([
+            "" if case.hyper == HYPER else f", lambdas {case.hyper[0]:g}/{case.hyper[1]:g}",
+            f", {case.blocks_per_group} blocks per group" if case.blocks_per_group else "",
+        ])
+        print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({case.labels_kind}{extra})")
     print(f"{total - wrong} of {total} cases match float64" + ("" if not wrong else f"; {wrong} DIFFER"))
     return 1 if wrong else 0
 

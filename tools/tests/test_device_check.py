@@ -17,7 +17,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "device_check.sh"
-STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "benchmark", "benchmark_compiled"]
+STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "initcheck", "synccheck", "benchmark", "training_step", "benchmark_compiled"]
 LOGS = {"environment.log", "build.log", "cuda_tests.log", "retinanet.log", "sanitizer.log", "benchmark.log", "benchmark.csv", "summary.md"}
 
 pytestmark = pytest.mark.skipif(
@@ -71,7 +71,9 @@ def test_cpu_mode_runs_end_to_end(tmp_path):
     # At most 8 files, every step's section in its log.
     assert {p.name for p in tmp_path.iterdir()} == LOGS
     logs = {name: (tmp_path / name).read_text() for name in LOGS}
-    for step, log in [("environment", "environment.log"), ("build", "build.log"), ("memcheck", "sanitizer.log"), ("racecheck", "sanitizer.log"), ("benchmark", "benchmark.log"), ("benchmark_compiled", "benchmark.log")]:
+    sections = [("environment", "environment.log"), ("build", "build.log"), ("benchmark", "benchmark.log"), ("training_step", "retinanet.log"), ("benchmark_compiled", "benchmark.log")]
+    sections += [(tool, "sanitizer.log") for tool in ("memcheck", "racecheck", "initcheck", "synccheck")]
+    for step, log in sections:
         assert f"=== {step} (limit " in logs[log] and f"=== {step}: {expected[step]}, " in logs[log], step
     assert "torch " in logs["environment.log"]
     assert "Driver Version" in logs["environment.log"] or "nvidia-smi: not found" in logs["environment.log"]
@@ -125,7 +127,24 @@ def test_sanitizer_case_matches_float64(sanitizer_case, generator, capsys):
     CUDA under compute-sanitizer)."""
     assert sanitizer_case.main(["--device", "cpu", "--seed", str(generator % 2**32)]) == 0
     out = capsys.readouterr().out
-    assert "32 of 32 cases match float64" in out and "WRONG" not in out
+    runs = sanitizer_case.case_runs()
+    assert f"{len(runs)} of {len(runs)} cases match float64" in out and "WRONG" not in out
+    assert out.count(": ok (") == len(runs)
+
+
+def test_sanitizer_cases_cover_the_paths_only_some_inputs_reach(sanitizer_case):
+    """The case list holds float16 and bfloat16 logits with C = 80 at storage offsets 1-7, a
+    temperature below 1/64 with C = 80 and with C below a 16-bit vector, and more work items
+    than any one-wave grid has blocks (8 per multiprocessor, at most 300 of them)."""
+    runs = sanitizer_case.case_runs()
+    for dtype in (torch.float16, torch.bfloat16):
+        offsets = {case.offset for d, _, case in runs if d == dtype and case.shape[-1] == 80}
+        assert set(range(1, 8)) <= offsets, (dtype, offsets)
+    running = [case for _, _, case in runs if max(1 / case.hyper[0], 1 / case.hyper[1]) > 64]
+    assert {case.shape[-1] >= 8 for case in running} == {True, False}
+    items = [case.shape[0] * case.blocks_per_group for _, _, case in runs if case.blocks_per_group and case.shape[-1] == 80]
+    assert items and max(items) > 8 * 300
+    assert {label_dtype for _, label_dtype, _ in runs} == {torch.int32, torch.int64}
 
 
 @pytest.mark.parametrize(
@@ -141,8 +160,8 @@ def test_sanitizer_case_rejects_wrong_values(sanitizer_case, monkeypatch, capsys
     """Finite but wrong results fail the case: values are compared element by element."""
     right = sanitizer_case.run_kernels
 
-    def damaged(logits, labels, grad_losses, first_label):
-        losses, grad = right(logits, labels, grad_losses, first_label)
+    def damaged(logits, labels, grad_losses, first_label, hyper=sanitizer_case.HYPER):
+        losses, grad = right(logits, labels, grad_losses, first_label, hyper)
         if grad.numel() == 0 or logits.dtype == torch.float64:  # damage the other dtypes
             return losses, grad
         return damage(losses, grad)

@@ -1,0 +1,241 @@
+"""Kernel paths that only particular inputs reach, each value-checked against float64 element by
+element: 16-bit logits with C = 80 at storage offsets 1-7 (the backward's vector walk with
+logits loaded element by element, as for a slice of an FPN level), temperatures below 1/64 (the
+running-max kernels), several work items per block at C = 80, and CUDA-graph capture of
+bfloat16 and pooled losses. int32 labels run in each.
+
+The paths the CPU kernels share run on both devices (the CPU run proves the test on any
+machine); the CUDA cases also check, from the profiler's trace, that the kernel instantiation
+the test is about is the one that ran. CUDA cases skip visibly without a GPU.
+"""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from conftest import cuda_skip_reason
+from kernel_runs import (
+    HYPER,
+    assert_cuda_matches_cpu,
+    assert_matches_float64_on,
+    at_storage_offset,
+    float64_eval,
+    make_inputs,
+)
+from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close
+
+_SKIP = cuda_skip_reason()
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))]
+
+# Below this temperature (1 / 64) a sign's exponent shift is no longer fixed: the forward keeps
+# a running max (csrc/dr_loss_math.h, kFixedShiftLimit).
+FIXED_SHIFT_LIMIT = 64.0
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
+    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
+
+
+def vector_width(dtype):
+    """Elements per 16-byte vector: the kernels walk vectors when C is at least this."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+# --- which kernels ran -----------------------------------------------------------------------
+
+
+def launched_kernels(fn, trace_path):
+    """Runs fn() under the CUDA profiler; returns (what fn returned, [(kernel name, grid size)]
+    of this project's kernels in launch order). Fails when the profiler reports no kernel or no
+    grid: then the path the test is about could not be confirmed."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(str(trace_path))
+    with open(trace_path) as f:
+        events = json.load(f).get("traceEvents", [])
+    kernels = [(e["name"], math.prod(e.get("args", {}).get("grid", [0]))) for e in events if e.get("cat") == "kernel" and "drloss" in e["name"]]
+    assert kernels and all(grid > 0 for _, grid in kernels), f"the profiler reported no kernel with its grid: {kernels}"
+    return result, kernels
+
+
+# How the demangled kernel names spell the logits' and labels' element types.
+SCALAR_NAMES = {
+    torch.float32: ("float",),
+    torch.float64: ("double",),
+    torch.float16: ("__half", "half"),
+    torch.bfloat16: ("__nv_bfloat16", "nv_bfloat16"),
+}
+LABEL_NAMES = {torch.int32: ("int",), torch.int64: ("long", "long long")}
+
+
+def template_arguments(kernels, kernel, dtype, label_dtype):
+    """The template arguments after <scalar, label> (as demangled) of every launch of `kernel`
+    (forward_partials_kernel or backward_kernel) for `dtype` logits and `label_dtype` labels."""
+    found = []
+    for name, _ in kernels:
+        match = re.search(kernel + r"<([^<>]*)>", name)
+        if match:
+            args = [a.strip() for a in match.group(1).split(",")]
+            if args[0] in SCALAR_NAMES[dtype] and args[1] in LABEL_NAMES[label_dtype]:
+                found.append(args[2:])
+    assert found, f"no {kernel} for {dtype} logits and {label_dtype} labels among {[name for name, _ in kernels]}"
+    return found
+
+
+def grids_of(kernels, kernel):
+    return [grid for name, grid in kernels if re.search(kernel + "<", name)]
+
+
+# --- misaligned 16-bit logits at C = 80 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", range(1, 8))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_misaligned_16bit_logits_with_80_classes(device, generator, tmp_path, dtype, offset):
+    """float16/bfloat16 logits at C = 80, 1-7 elements past a 16-byte boundary: the forward's
+    scalar head, and the backward's vector walk that stores 16-byte vectors of the gradient and
+    loads the logits element by element (their offsets differ by 2-14 bytes)."""
+    shape = (2, 301, 80)
+    label_dtype = torch.int32 if offset % 2 else torch.int64
+    logits, labels = make_inputs(shape, dtype, label_dtype=label_dtype)
+    view = at_storage_offset(logits, device, offset)
+    check = lambda: assert_matches_float64_on(device, logits, labels, 0, view)  # noqa: E731
+    if device == "cuda":
+        result, kernels = launched_kernels(check, tmp_path / "trace.json")
+        width, element = str(vector_width(dtype)), str(dtype.itemsize)
+        # backward_kernel<scalar, label, N, piece>: vectors of N, logits loaded in pieces of one element
+        assert template_arguments(kernels, "backward_kernel", dtype, label_dtype) == [[width, element]]
+        # forward_partials_kernel<scalar, label, N, fixed>: the vector walk with fixed shifts
+        assert template_arguments(kernels, "forward_partials_kernel", dtype, label_dtype) == [[width, "true"]]
+    else:
+        result = check()
+    assert (result[2].data_ptr() - view.data_ptr()) % 16 != 0, "logits and gradient share their alignment"
+
+
+# --- running-max kernels (temperatures below 1/64) ----------------------------------------------
+
+RUNNING_LAMBDAS = [
+    pytest.param((DEFAULTS["pos_lambda"], 0.015), id="negatives-0.015"),
+    pytest.param((0.015, DEFAULTS["neg_lambda"]), id="positives-0.015"),
+    pytest.param((1e-3, 1e-3), id="both-1e-3"),
+]
+
+
+@pytest.mark.parametrize("lambdas", RUNNING_LAMBDAS)
+@pytest.mark.parametrize(
+    "shape, label_dtype",
+    [pytest.param((2, 300, 80), torch.int32, id="2x300x80-int32"), pytest.param((3, 37, 7), torch.int64, id="3x37x7-int64")],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_running_max_kernels(device, generator, tmp_path, dtype, shape, label_dtype, lambdas):
+    """A temperature below 1/64 on either sign (or both) selects the forward that keeps a
+    running max of the exponents; C = 80 walks vectors, C = 7 (below a 16-bit vector) elements."""
+    pos_lambda, neg_lambda = lambdas
+    assert max(1 / pos_lambda, 1 / neg_lambda) > FIXED_SHIFT_LIMIT
+    hyper = (pos_lambda, neg_lambda, DEFAULTS["L"], DEFAULTS["tau"], DEFAULTS["margin"])
+    logits, labels = make_inputs(shape, dtype, label_dtype=label_dtype)
+    check = lambda: assert_matches_float64_on(device, logits, labels, 0, hyper=hyper)  # noqa: E731
+    if device == "cuda":
+        _, kernels = launched_kernels(check, tmp_path / "trace.json")
+        width = str(vector_width(dtype) if shape[-1] >= vector_width(dtype) else 1)
+        assert template_arguments(kernels, "forward_partials_kernel", dtype, label_dtype) == [[width, "false"]]
+    else:
+        check()
+
+
+# --- several work items per block at C = 80 ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "shape, blocks_per_group",
+    [
+        pytest.param((4, 600, 80), 600, id="4x600x80-600-blocks-per-group"),  # 2,400 items of 80 elements
+        pytest.param((3000, 20, 80), None, id="3000x20x80"),  # one item per group, 3,000 of them
+    ],
+)
+@pytest.mark.parametrize("hyper", [pytest.param(HYPER, id="fixed"), pytest.param((1e-3, 1e-3, 6.0, 4.0, 0.5), id="running-max")])
+@pytest.mark.parametrize("label_dtype", [torch.int32], ids=str)
+@pytest.mark.cuda
+@pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))
+def test_several_work_items_per_block(generator, monkeypatch, tmp_path, dtype, shape, blocks_per_group, hyper, label_dtype):
+    """More (group, range) work items than the one-wave grid has blocks (at most 8 blocks of 256
+    threads per multiprocessor): each block loops over several items, in both passes."""
+    if blocks_per_group is not None:
+        monkeypatch.setenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", str(blocks_per_group))
+    items = shape[0] * (blocks_per_group or 1)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert items > 8 * sms, f"{items} items fit one wave of {sms} multiprocessors"
+    logits, labels = make_inputs(shape, dtype, label_dtype=label_dtype)
+    _, kernels = launched_kernels(lambda: assert_cuda_matches_cpu(logits, labels, 0, hyper=hyper), tmp_path / "trace.json")
+    for kernel in ("forward_partials_kernel", "backward_kernel"):
+        grids = grids_of(kernels, kernel)
+        assert grids and all(grid < items for grid in grids), f"{kernel} grids {grids} for {items} items"
+
+
+# --- CUDA-graph capture: bfloat16 and pooled --------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-image", "pooled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.cuda
+@pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))
+def test_graph_capture_replays_new_inputs(generator, dtype, pooled, label_dtype):
+    """Forward and backward of the mean loss captured in a CUDA graph; each replay with new
+    logits copied into the captured input gives the float64 loss and gradient of those logits
+    (bfloat16: the gradient within one rounding of the float32 run) and, bitwise, the eager
+    result."""
+    from drloss_cuda import sigmoid_dr_loss
+
+    shape = (2, 1000, 80)
+    logits, labels = make_inputs(shape, dtype, label_dtype=label_dtype)
+    if pooled:
+        logits, labels = logits.reshape(-1, shape[-1]), labels.reshape(-1)
+    labels = labels.cuda()
+    x = logits.cuda().requires_grad_(True)
+    groups = 1 if pooled else shape[0]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            x.grad = None
+            sigmoid_dr_loss(x, labels).backward()
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        static_loss = sigmoid_dr_loss(x, labels)
+        static_loss.backward()
+    static_grad = x.grad
+
+    mean_weights = torch.full((groups,), 1.0 / groups, dtype=torch.float64)
+    for _ in range(2):
+        new_logits, _ = make_inputs(logits.shape, dtype)
+        with torch.no_grad():
+            x.copy_(new_logits.cuda())
+        static_grad.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = float64_eval(new_logits, labels, 0, mean_weights)
+        assert_loss_close(static_loss.reshape(1), ref.losses.mean().reshape(1), dtype, what="replayed loss")
+        eager = new_logits.cuda().requires_grad_(True)
+        eager_loss = sigmoid_dr_loss(eager, labels)
+        eager_loss.backward()
+        if dtype == torch.bfloat16:
+            x32 = new_logits.float().cuda().requires_grad_(True)
+            sigmoid_dr_loss(x32, labels).backward()
+            assert_grad_close(x32.grad, ref.grad, torch.float32, ref.bound, "float32 gradient")
+            assert_half_grad_close(static_grad, x32.grad, dtype, "replayed gradient")
+        else:
+            assert_grad_close(static_grad, ref.grad, dtype, ref.bound, "replayed gradient")
+        assert torch.equal(static_loss, eager_loss.detach())
+        assert torch.equal(static_grad, eager.grad)
