@@ -1,9 +1,11 @@
-"""Defaults and the argument handling shared by the fused op, its fake kernels and the reference.
+"""Defaults and the argument handling of the public function, its module and the reference.
 
-Every check the compiled op also makes has its message's twin in csrc/ops.cpp: a call fails with
-the same words whichever path sees it first (the public function, the C++ op, the fake kernel
-under torch.compile or on the meta device, or the reference). The other checks (tensor layouts,
-hyperparameter forms, forward-mode AD) concern Python inputs that never reach the op.
+The op checks its own arguments in C++ (csrc/checks.cpp, for real, meta and fake tensors); the
+checks here that the op also makes are their twins, with the same words, for the reference
+(which runs without the extension), for the module at construction and for calls traced by
+torch.compile: a call fails with the same words whichever path sees it first
+(tests/test_numerics_extremes.py compares the texts). The other checks (tensor layouts,
+hyperparameter forms) concern Python inputs that never reach the op.
 """
 
 import math
@@ -19,7 +21,7 @@ DEFAULT_L = 6.0
 DEFAULT_TAU = 4.0
 DEFAULT_MARGIN = 0.5
 
-# The smallest softmax temperature accepted (kMinLambda in csrc/ops.cpp). Below it the exponent
+# The smallest softmax temperature accepted (kMinLambda in csrc/checks.cpp). Below it the exponent
 # scale 1/lambda exceeds 1e4: the float32 rounding of p (6e-8) then moves an exponent by more
 # than 6e-4, the softmax is a max to float32 precision and its float32 gradient loses its
 # meaning. Up to it the kernels match a float64 evaluation (tests/test_properties.py).
@@ -41,7 +43,7 @@ POSITIVE_HYPERPARAMETERS = ("pos_lambda", "neg_lambda", "L", "tau")
 LAMBDAS = ("pos_lambda", "neg_lambda")
 
 
-# --- messages shared with csrc/ops.cpp -------------------------------------------------------
+# --- messages shared with csrc/checks.cpp -----------------------------------------------------
 
 
 def shape_text(shape):
@@ -211,7 +213,7 @@ def check_first_label(first_label):
 
 
 def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_label):
-    """The value checks of csrc/ops.cpp's check_hyperparameters, in the same order and words.
+    """The value checks of csrc/checks.cpp's check_hyperparameters, in the same order and words.
     (Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float;
     every comparison with NaN is false.)"""
     for name, value in zip(POSITIVE_HYPERPARAMETERS, (pos_lambda, neg_lambda, L, tau)):
@@ -284,9 +286,9 @@ def check_tensors(logits, labels):
 
 
 def check_logits_and_labels(logits, labels):
-    """The rank, dtype, shape and device checks of the forward op (csrc/ops.cpp
-    check_forward_args), with its RuntimeErrors, for the fake kernels, which do not run the C++
-    checks (the public function and the reference run the same checks through check_tensors).
+    """The rank, dtype, shape and device checks of the forward op (csrc/checks.cpp), with its
+    RuntimeErrors, for calls traced by torch.compile and the pooled distributed path, which raise
+    them in Python (the reference runs the same checks through check_tensors).
     Plain raises rather than torch._check: Dynamo breaks the graph at a torch._check with a
     message closure, and these properties are static (the shape comparison becomes a guard under
     dynamic shapes). Labels are expected to be kernel labels. Returns the number of groups."""
