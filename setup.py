@@ -113,7 +113,9 @@ def build_record(with_cuda, cuda_absent_reason):
 
 def extension():
     csrc = "csrc"
-    sources = [os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    # The op (schemas, CPU registration), its checks, Meta kernels and autograd, the CPU kernels.
+    ops = ["ops.cpp", "checks.cpp", "meta.cpp", "autograd.cpp"]
+    sources = [os.path.join(csrc, name) for name in ops] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     define_macros = []
     # -fno-trapping-math lets the compiler turn the kernels' selects into vector blends (the
     # kernels never read floating-point exception flags); it changes no result. Without it the

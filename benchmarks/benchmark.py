@@ -28,7 +28,7 @@ if str(HERE) not in sys.path:
 if str(HERE.parent) not in sys.path:
     sys.path.append(str(HERE.parent))  # fallback when drloss_cuda is built in place but not installed
 
-from bench import options, run  # noqa: E402
+from bench import host_time, options, run  # noqa: E402
 
 
 class Tee:
@@ -63,7 +63,10 @@ def printed_to(log):
 
 
 def main(argv=None):
-    args = options.resolve_args(options.build_parser().parse_args(argv))
+    args = options.build_parser().parse_args(argv)
+    if args.host_time:  # a mode of its own (bench/host_time.py): no CSV, plots or log
+        return host_time.run(args)
+    args = options.resolve_args(args)
     with printed_to(args.log):
         return run.run(args)
 

@@ -10,11 +10,21 @@
 
 namespace drloss {
 
-// Validates the forward's arguments; every message names the offending argument.
+// Validates the forward's arguments over symbolic sizes (real, meta and fake tensors alike);
+// every message names the offending argument. Returns the number of groups.
+c10::SymInt check_forward_symbolic(const at::Tensor& logits, const at::Tensor& labels,
+                                   const LossOptions& options);
+
+// The backward's checks: the forward's, then grad_losses and stats against them, so that a
+// direct call of the backward op cannot read out of bounds. Returns the number of groups.
+c10::SymInt check_backward_symbolic(const at::Tensor& grad_losses, const at::Tensor& logits,
+                                    const at::Tensor& labels, const at::Tensor& stats,
+                                    const LossOptions& options);
+
+// The same checks for tensors with data, returning their (concrete) problem.
 Problem check_forward_args(const at::Tensor& logits, const at::Tensor& labels,
                            const LossOptions& options);
 
-// Validates the backward's extra arguments against the forward's.
 Problem check_backward_args(const at::Tensor& grad_losses, const at::Tensor& logits,
                             const at::Tensor& labels, const at::Tensor& stats,
                             const LossOptions& options);

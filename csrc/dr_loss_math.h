@@ -337,12 +337,13 @@ struct RunningMaxSums {
 // ---------------------------------------------------------------------------------------------
 // Group loss and its derivative.
 
-// tau / L * softplus(L * (E_neg - E_pos + margin)), softplus written so it cannot overflow.
+// tau / L * softplus(L d), d = E_neg - E_pos + margin, as tau * (max(d, 0) + log1p(e^-|L d|) / L):
+// softplus(z) = max(z, 0) + log1p(e^-|z|), divided by L before the product L d is formed, so
+// the loss stays finite wherever its true value is (an overflowing L d only makes e^-|L d| zero).
 template <typename acc_t>
 DRLOSS_HD acc_t group_loss(acc_t e_neg, acc_t e_pos, const Hyper<acc_t>& h) {
-  const acc_t z = h.L * (e_neg - e_pos + h.margin);
-  const acc_t softplus = (z > acc_t(0) ? z : acc_t(0)) + log1p(exp(-fabs(z)));
-  return h.tau / h.L * softplus;
+  const acc_t d = e_neg - e_pos + h.margin;
+  return h.tau * ((d > acc_t(0) ? d : acc_t(0)) + log1p(exp(-fabs(h.L * d))) / h.L);
 }
 
 // dloss/dE_neg = tau * sigmoid(L * d) = -dloss/dE_pos.
@@ -428,11 +429,14 @@ DRLOSS_HD GroupGrad<acc_t> make_group_grad(acc_t grad_loss, const acc_t* stats,
 // dloss/dx of one element with probability p; `s`, `s2`, `coef`, `max`, `offset` are its
 // sign's. kFixedShift: the sign's shift is fixed (policy 1), which a caller may know for a
 // whole loop. p (1 - p) keeps its two operations: p - p * p would cancel near p = 1 wherever
-// the compiler does not fuse it into one multiply-add.
+// the compiler does not fuse it into one multiply-add. The weight (at most 1: its exponent is
+// shifted below 0) multiplies last, so that a product below the smallest normal number is
+// rounded onto the subnormal grid once, at the end, rather than early and then scaled up by
+// the factor 1 + s (p - E) (up to 1 + |s|).
 template <bool kFixedShift = false, typename acc_t>
 DRLOSS_HD acc_t element_grad(acc_t p, acc_t s, acc_t s2, acc_t coef, acc_t max, acc_t offset) {
   const acc_t weight = shifted_weight<kFixedShift>(s2 * p - max);
-  return coef * weight * (s * p + offset) * (p * (acc_t(1) - p));
+  return coef * ((s * p + offset) * (p * (acc_t(1) - p))) * weight;
 }
 
 template <bool kFixedShift = false, typename acc_t>

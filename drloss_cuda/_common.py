@@ -1,9 +1,11 @@
-"""Defaults and the argument handling shared by the fused op, its fake kernels and the reference.
+"""Defaults and the argument handling of the public function, its module and the reference.
 
-Every check the compiled op also makes has its message's twin in csrc/ops.cpp: a call fails with
-the same words whichever path sees it first (the public function, the C++ op, the fake kernel
-under torch.compile or on the meta device, or the reference). The other checks (tensor layouts,
-hyperparameter forms, forward-mode AD) concern Python inputs that never reach the op.
+The op checks its own arguments in C++ (csrc/checks.cpp, for real, meta and fake tensors); the
+checks here that the op also makes are their twins, with the same words, for the reference
+(which runs without the extension), for the module at construction and for calls traced by
+torch.compile: a call fails with the same words whichever path sees it first
+(tests/test_numerics_extremes.py compares the texts). The other checks (tensor layouts,
+hyperparameter forms) concern Python inputs that never reach the op.
 """
 
 import math
@@ -19,7 +21,7 @@ DEFAULT_L = 6.0
 DEFAULT_TAU = 4.0
 DEFAULT_MARGIN = 0.5
 
-# The smallest softmax temperature accepted (kMinLambda in csrc/ops.cpp). Below it the exponent
+# The smallest softmax temperature accepted (kMinLambda in csrc/checks.cpp). Below it the exponent
 # scale 1/lambda exceeds 1e4: the float32 rounding of p (6e-8) then moves an exponent by more
 # than 6e-4, the softmax is a max to float32 precision and its float32 gradient loses its
 # meaning. Up to it the kernels match a float64 evaluation (tests/test_properties.py).
@@ -41,7 +43,7 @@ POSITIVE_HYPERPARAMETERS = ("pos_lambda", "neg_lambda", "L", "tau")
 LAMBDAS = ("pos_lambda", "neg_lambda")
 
 
-# --- messages shared with csrc/ops.cpp -------------------------------------------------------
+# --- messages shared with csrc/checks.cpp -----------------------------------------------------
 
 
 def shape_text(shape):
@@ -87,20 +89,6 @@ def device_message(logits, labels):
     return f"sigmoid_dr_loss: labels must be on the same device as logits ({logits.device}), got {labels.device}"
 
 
-def grad_losses_message(groups, acc, logits, grad_losses):
-    return (
-        f"sigmoid_dr_loss_backward: grad_losses must be a [{groups}] {acc} tensor on {logits.device}, got "
-        f"{shape_text(grad_losses.shape)} {grad_losses.dtype} on {grad_losses.device}"
-    )
-
-
-def stats_message(groups, num_stats, acc, logits, stats):
-    return (
-        f"sigmoid_dr_loss_backward: stats must be the forward's [{groups}, {num_stats}] {acc} tensor on "
-        f"{logits.device}, got {shape_text(stats.shape)} {stats.dtype} on {stats.device}"
-    )
-
-
 # --- arguments --------------------------------------------------------------------------------
 
 
@@ -119,27 +107,38 @@ def check_dense_tensor(name, value):
         raise TypeError(f"sigmoid_dr_loss: {name} must be a dense tensor (torch.strided layout), got a {kind} tensor")
 
 
-def check_reverse_mode(logits):
-    """The op has a reverse-mode formula only. A forward-mode tangent on logits would otherwise
-    be dropped without a word (torch gives the loss no tangent, which reads as zero)."""
-    if torch.autograd.forward_ad.unpack_dual(logits).tangent is not None:
-        raise NotImplementedError(
-            "sigmoid_dr_loss: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, torch.func.jacfwd) "
-            "is not supported: the fused op has a reverse-mode formula only. Use loss.backward() or "
-            "torch.autograd.grad, or drloss_cuda.reference.sigmoid_dr_loss for forward mode"
-        )
-
-
 def number_text(value):
-    """A number for a message. Under torch.compile a traced (symbolic) number cannot be formatted,
-    so the message leaves it out there; run the call eagerly to see it."""
+    """A number for a message: the shortest "%.<n>g" (n >= 6) that reads back as the same float,
+    so that the message shows the value actually compared (1e-4 given as a float32 tensor is
+    9.999999747378752e-05, below the bound 0.0001 that "%g" would print); message::piece in
+    csrc/messages.h is its twin. Under torch.compile a traced (symbolic) number cannot be
+    formatted, so the message leaves it out there; run the call eagerly to see it."""
     if torch.compiler.is_compiling():
         return "a value outside that range"
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    if isinstance(value, int):
+        return str(value)
+    for digits in range(6, 18):
+        text = f"{value:.{digits}g}"
+        if value != value or float(text) == value:
+            return text
+    return text
+
+
+def _check_not_vmapped(name, value):
+    """A tensor hyperparameter batched by torch.func.vmap would fail in float() with torch's
+    words about .item(); the op takes one number per call."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(value):
+        if torch._C._functorch.is_batchedtensor(value):
+            raise ValueError(
+                f"sigmoid_dr_loss: {name} is batched by torch.func.vmap, but each hyperparameter is one "
+                f"number per call: vmap over logits and labels only (in_dims None for {name})"
+            )
+        value = torch._C._functorch.get_unwrapped(value)
 
 
 def _scalar_tensor(name, value, kind):
     """The checks of a hyperparameter given as a tensor: 0-dim, no grad."""
+    _check_not_vmapped(name, value)
     if value.requires_grad:
         raise ValueError(
             f"sigmoid_dr_loss: {name} is a tensor that requires grad, but the loss is not "
@@ -147,7 +146,7 @@ def _scalar_tensor(name, value, kind):
         )
     if value.dim() != 0:
         raise ValueError(f"sigmoid_dr_loss: {name} must be {kind} or a 0-dim tensor, got a tensor of shape {shape_text(value.shape)}")
-    if value.device.type == "meta":
+    if value.is_meta:
         raise ValueError(f"sigmoid_dr_loss: {name} is a meta tensor, which holds no value: pass {kind} or a tensor with data")
 
 
@@ -164,6 +163,13 @@ def _array_scalar(value):
 def as_float_hyperparameter(name, value):
     """A real number (Python or numpy, a 0-dim array, or a 0-dim real tensor without grad) as a
     Python float."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and value.is_floating_point()
+        and not (value.requires_grad or value.is_meta or torch._C._functorch.is_functorch_wrapped_tensor(value))
+    ):
+        return value.item()  # the common form, with nothing to refuse (a host sync for a CUDA tensor)
     value = _array_scalar(value)
     if isinstance(value, torch.Tensor):
         _scalar_tensor(name, value, "a real number")
@@ -194,6 +200,8 @@ def as_first_label(value):
         index = operator.index(value)
     except TypeError:
         raise TypeError(f"sigmoid_dr_loss: first_label must be an integer, got {type(value).__name__} {value!r}") from None
+    if index > MAX_FIRST_LABEL:  # does not fit the op's int64 (a negative one is the op's to refuse)
+        check_first_label(index)
     return index
 
 
@@ -205,7 +213,7 @@ def check_first_label(first_label):
 
 
 def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_label):
-    """The value checks of csrc/ops.cpp's check_hyperparameters, in the same order and words.
+    """The value checks of csrc/checks.cpp's check_hyperparameters, in the same order and words.
     (Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float;
     every comparison with NaN is false.)"""
     for name, value in zip(POSITIVE_HYPERPARAMETERS, (pos_lambda, neg_lambda, L, tau)):
@@ -221,15 +229,24 @@ def check_hyperparameter_values(pos_lambda, neg_lambda, L, tau, margin, first_la
         raise ValueError(f"sigmoid_dr_loss: margin must be a finite number, got {number_text(margin)}")
 
 
+def hyperparameter_forms(pos_lambda, neg_lambda, L, tau, margin, first_label):
+    """The hyperparameters as the op takes them (five floats and an int), from any accepted form;
+    their values are checked after the tensors (check_hyperparameter_values, or the op)."""
+    return (
+        pos_lambda if type(pos_lambda) is float else as_float_hyperparameter("pos_lambda", pos_lambda),
+        neg_lambda if type(neg_lambda) is float else as_float_hyperparameter("neg_lambda", neg_lambda),
+        L if type(L) is float else as_float_hyperparameter("L", L),
+        tau if type(tau) is float else as_float_hyperparameter("tau", tau),
+        margin if type(margin) is float else as_float_hyperparameter("margin", margin),
+        first_label if type(first_label) is int and 0 <= first_label <= MAX_FIRST_LABEL else as_first_label(first_label),
+    )
+
+
 def hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label):
     """Checks the hyperparameters and returns them as the op takes them: five floats and an int."""
-    floats = tuple(
-        as_float_hyperparameter(name, value)
-        for name, value in zip(POSITIVE_HYPERPARAMETERS + ("margin",), (pos_lambda, neg_lambda, L, tau, margin))
-    )
-    first = as_first_label(first_label)
-    check_hyperparameter_values(*floats, first)
-    return floats + (first,)
+    hyper = hyperparameter_forms(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    check_hyperparameter_values(*hyper)
+    return hyper
 
 
 def kernel_labels(labels):
@@ -269,9 +286,9 @@ def check_tensors(logits, labels):
 
 
 def check_logits_and_labels(logits, labels):
-    """The rank, dtype, shape and device checks of the forward op (csrc/ops.cpp
-    check_forward_args), with its RuntimeErrors, for the fake kernels, which do not run the C++
-    checks (the public function and the reference run the same checks through check_tensors).
+    """The rank, dtype, shape and device checks of the forward op (csrc/checks.cpp), with its
+    RuntimeErrors, for calls traced by torch.compile and the pooled distributed path, which raise
+    them in Python (the reference runs the same checks through check_tensors).
     Plain raises rather than torch._check: Dynamo breaks the graph at a torch._check with a
     message closure, and these properties are static (the shape comparison becomes a guard under
     dynamic shapes). Labels are expected to be kernel labels. Returns the number of groups."""

@@ -35,6 +35,7 @@ the factor for the general case (use it with `reduction="sum"`).
 import torch
 import torch.distributed as dist
 
+from . import _common
 from .ops import NUM_STATS, backward_op, forward_op
 from .reference import loss_from_expectations
 
@@ -116,6 +117,8 @@ def check_process_group(process_group):
 def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group):
     """The per-group losses ([1]) of the pooled group spread over `process_group` (a
     ProcessGroup: the public function checks it, with check_process_group, before the tensors)."""
+    # The op's tensor checks first (a wrong rank is the same error as without a group).
+    _common.check_logits_and_labels(logits, labels)
     if logits.dim() != 2:
         raise ValueError(
             "sigmoid_dr_loss: with a process_group, logits must be pooled [M, C] (flatten the "

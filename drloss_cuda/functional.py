@@ -10,7 +10,7 @@ from ._common import (
     DEFAULT_POS_LAMBDA,
     DEFAULT_TAU,
 )
-from .ops import FusedLoss, forward_op
+from .ops import forward_op
 
 
 def sigmoid_dr_loss(
@@ -64,15 +64,19 @@ def sigmoid_dr_loss(
         from .distributed import check_process_group
 
         check_process_group(process_group)
-    # The op's own checks, in its order (the tensors, then the hyperparameters), before anything
-    # else touches the tensors: every path (this function, the reference, the op, its fake
-    # kernel) reports the same first problem.
-    labels = _common.check_tensors(logits, labels)
-    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
-    _common.check_reverse_mode(logits)
-    # One copy per call chain: the op receives (and autograd saves) contiguous tensors, so the
-    # backward reads what the forward read and copies nothing. The copy is differentiable, so a
-    # transposed, sliced or expanded `logits` still gets its gradient in its own layout.
+    hyper = _common.hyperparameter_forms(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    if labels.dtype not in _common.KERNEL_LABEL_TYPES:
+        # Narrow or unsigned labels: the op's checks in its order, then the widened labels.
+        labels = _common.check_tensors(logits, labels)
+    if torch.compiler.is_compiling():
+        # Traced once: Dynamo raises these errors itself (a traced number may be symbolic),
+        # where the op's would reach the caller wrapped in Dynamo's own.
+        _common.check_logits_and_labels(logits, labels)
+        _common.check_hyperparameter_values(*hyper)
+    # The op checks the tensors, then the hyperparameters' values, and records its autograd
+    # (csrc/checks.cpp, csrc/autograd.cpp). One copy per call chain: the op receives (and its
+    # autograd saves) contiguous tensors, so the backward copies nothing. The copy is
+    # differentiable, so a transposed or expanded `logits` gets its gradient in its own layout.
     logits = logits.contiguous()
     labels = labels.contiguous()
     if process_group is not None:
@@ -80,9 +84,5 @@ def sigmoid_dr_loss(
 
         losses = pooled_sigmoid_dr_loss(logits, labels, *hyper, process_group)
     else:
-        # Eager calls go through the autograd.Function that torch.func's transforms need;
-        # torch.compile traces the op with its registered formula (the same), which Dynamo
-        # handles with symbolic hyperparameters too.
-        forward = forward_op if torch.compiler.is_compiling() else FusedLoss.apply
-        losses, _ = forward(logits, labels, *hyper)
+        losses, _ = forward_op(logits, labels, *hyper)
     return _common.reduce_losses(losses, reduction)

@@ -59,7 +59,13 @@ def loss_from_expectations(neg_mean, pos_mean, L, tau, margin):
     off at z = 22, and its derivative 1 instead of 1 - 3e-10."""
     d = neg_mean.double() - pos_mean.double() + margin
     z = L * d
-    return (tau / L * torch.logaddexp(torch.zeros_like(z), z)).to(neg_mean.dtype)
+    # Where L d overflows (L near the float64 maximum) the loss is its limit tau * max(d, 0):
+    # finite wherever the true value is. The overflowed z is kept out of logaddexp, whose
+    # gradient there would be NaN even where torch.where discards it.
+    finite = torch.isfinite(z)
+    zero = torch.zeros_like(z)
+    smooth = tau / L * torch.logaddexp(zero, torch.where(finite, z, zero))
+    return torch.where(finite, smooth, tau * d.clamp(min=0)).to(neg_mean.dtype)
 
 
 def sigmoid_dr_loss(
@@ -81,8 +87,9 @@ def sigmoid_dr_loss(
     _common.check_reduction(reduction)
     # The fused function's argument decisions, in its order and with its messages
     # (drloss_cuda/_common.py).
+    hyper = _common.hyperparameter_forms(pos_lambda, neg_lambda, L, tau, margin, first_label)
     labels = _common.check_tensors(logits, labels)
-    hyper = _common.hyperparameters(pos_lambda, neg_lambda, L, tau, margin, first_label)
+    _common.check_hyperparameter_values(*hyper)
     if logits.device.type == "meta":  # after the checks, so bad arguments get their own errors
         raise NotImplementedError(
             "the reference selects entries with boolean masks, which depend on the labels' "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from . import host_time
 from .inputs import DTYPES
 from .providers import PROVIDERS
 from .timing import CUDA_TIMINGS, MODES
@@ -81,6 +82,7 @@ def build_parser():
     add_measure_arguments(p.add_argument_group("what to measure"))
     add_timing_arguments(p.add_argument_group("timing"))
     add_output_arguments(p.add_argument_group("output"))
+    host_time.add_arguments(p)
     return p
 
 
