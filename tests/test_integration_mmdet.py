@@ -150,8 +150,8 @@ def test_mmdet_retinanet_trains_with_dr_loss(tmp_path, prior):
         logits, labels, value = calls[-1]
         fused.append(value.item())
         want.append(reference.sigmoid_dr_loss(logits, labels).item())
-        box.append(float(log_vars["loss_bbox"]))
-        assert float(log_vars["loss_cls"]) == pytest.approx(fused[-1], rel=1e-6)
+        box.append(log_vars["loss_bbox"].detach().item())
+        assert log_vars["loss_cls"].detach().item() == pytest.approx(fused[-1], rel=1e-6)
     print(f"mmdet prior {prior}: loss_cls fused {fused}, reference {want}; loss_bbox {box}")
 
     logits, labels, _ = calls[0]  # the first step: the weights the stock head had
