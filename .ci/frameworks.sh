@@ -17,7 +17,12 @@ source .ci/lib.sh
 PART_START=$SECONDS
 
 VENV=${1:?usage: frameworks.sh VENV_DIR}
-VENDOR=$(realpath "${DRLOSS_VENDOR_DIR:-../shared/vendor}")
+VENDOR=${DRLOSS_VENDOR_DIR:-../shared/vendor}
+if [ ! -f "$VENDOR/SHA256SUMS" ]; then
+  echo "no vendored sources at $VENDOR (shared/ beside the clone; DRLOSS_VENDOR_DIR overrides)" >&2
+  exit 1
+fi
+VENDOR=$(realpath "$VENDOR")
 CACHE=${DRLOSS_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/drloss-ci}
 export MAX_JOBS=${MAX_JOBS:-2}
 
