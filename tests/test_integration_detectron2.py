@@ -9,7 +9,6 @@ import itertools
 
 import pytest
 import torch
-import yaml
 
 from drloss_cuda import reference
 from drloss_cuda.initialization import prior_bias
@@ -26,6 +25,7 @@ def _config(tmp_path, *options):
     (merge_from_list pairs); dumped and merged back into a fresh config, as a saved config is
     reloaded, after checking that nothing changed on the way."""
     integration = framework_or_skip("drloss_cuda.integrations.detectron2")
+    import yaml  # detectron2's dependency, not the project's
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
