@@ -1,9 +1,8 @@
-"""The prior helper and the detector integrations.
-
-torchvision's RetinaNet is tested for real where torchvision imports; mmdetection and
-detectron2 are tested where they import, and skip visibly elsewhere. Their framework-free parts
-(label conversion, the losses over all levels, config plumbing) are tested everywhere against
-the reference."""
+"""The prior helper, framework imports and their failures, torchvision's RetinaNet for real
+where torchvision imports, and the parts of the mmdetection and detectron2 integrations that need
+no framework (label conversion, the losses over all levels, config plumbing), tested everywhere
+against the reference. mmdetection and detectron2 for real: test_integration_mmdet.py and
+test_integration_detectron2.py."""
 
 import copy
 import fractions
@@ -28,14 +27,7 @@ from drloss_cuda.integrations.detectron2_loss import (
     options_from_config,
 )
 from drloss_cuda.integrations.mmdet_loss import MMDetSigmoidDRLoss, head_loss_cls_config, multilevel_classification_loss
-
-
-def framework_or_skip(name):
-    """Imports a framework module or skips the test, whatever the import raises."""
-    try:
-        return import_framework(name)
-    except ImportError as error:
-        pytest.skip(str(error))
+from framework_support import REQUIRE_FRAMEWORKS, framework_or_skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,13 +84,16 @@ def test_init_classifier_prior_sets_the_bias():
 
 def test_prior_helpers_import_without_the_extension(tmp_path):
     """Like drloss_cuda.reference, the prior helpers and the framework-free integration parts
-    load no compiled code."""
+    load no compiled code; and neither they nor `import drloss_cuda` import any framework
+    (which matters where the frameworks are installed: CI's frameworks environment)."""
     import subprocess
 
     code = ("import sys, drloss_cuda\n"
             "from drloss_cuda import init_classifier_prior, prior_bias\n"
             "import drloss_cuda.integrations.mmdet_loss, drloss_cuda.integrations.detectron2_loss\n"
-            "assert 'drloss_cuda._C' not in sys.modules and 'drloss_cuda.ops' not in sys.modules, sorted(sys.modules)\n")
+            "assert 'drloss_cuda._C' not in sys.modules and 'drloss_cuda.ops' not in sys.modules, sorted(sys.modules)\n"
+            "frameworks = {'torchvision', 'mmdet', 'mmcv', 'mmengine', 'detectron2'} & set(sys.modules)\n"
+            "assert not frameworks, frameworks\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -118,8 +113,18 @@ def test_import_framework_reports_every_failure(tmp_path, monkeypatch):
     assert import_framework("math") is math
 
 
+def test_a_missing_framework_skips_unless_required(monkeypatch):
+    monkeypatch.delenv(REQUIRE_FRAMEWORKS, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no_such_framework_here"):
+        framework_or_skip("no_such_framework_here")
+    monkeypatch.setenv(REQUIRE_FRAMEWORKS, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"{REQUIRE_FRAMEWORKS}=1 but cannot import no_such_framework_here"):
+        framework_or_skip("no_such_framework_here")
+    assert framework_or_skip("math") is math
+
+
 # ---------------------------------------------------------------------------------------------
-# torchvision
+# torchvision, for real where it imports
 
 
 def _torchvision_retinanet(num_classes, seed):
@@ -300,6 +305,29 @@ def test_torchvision_box_labels_outside_the_classes_raise(generator, bad_label):
     assert torch.isfinite(model(images, targets)["classification"])
 
 
+def _doc_snippet(heading):
+    """The first ```python block under a heading of docs/integration.md."""
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_docs_torchvision_snippet_runs_offline(capsys):
+    """The documented torchvision snippet, as written: no download, DR loss, prior 0.5."""
+    framework_or_skip("torchvision")
+    namespace = {}
+    exec(compile(_doc_snippet("torchvision RetinaNet"), "docs/integration.md", "exec"), namespace)
+    head = namespace["model"].head.classification_head
+    assert type(head).__name__ == "DRLossClassificationHead"
+    assert torch.equal(head.cls_logits.bias.detach(), torch.zeros_like(head.cls_logits.bias))
+    losses = namespace["losses"]
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert 0.0 < losses["classification"].item() < 6.0  # DR loss's range, not focal loss's
+    assert "classification" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------
 # mmdetection: the loss module and the multi-level loss need no mmdet
 
@@ -371,6 +399,21 @@ def test_mmdet_loss_arguments():
         head_loss_cls_config(dict(type="SigmoidDRLoss", use_sigmoid=False))
 
 
+BAD_HYPERPARAMETERS = [dict(neg_lambda=1e-6), dict(pos_lambda=0.0), dict(L=-1.0), dict(tau=float("nan")),
+                       dict(margin=float("inf"))]
+
+
+@pytest.mark.parametrize("bad", BAD_HYPERPARAMETERS, ids=lambda bad: next(iter(bad)))
+def test_mmdet_loss_checks_its_hyperparameters_at_construction(bad):
+    """As SigmoidDRLoss does: the message is the loss's own, raised when mmdet builds the head,
+    not at the first training step."""
+    with pytest.raises(ValueError) as want:
+        drloss_cuda.SigmoidDRLoss(**bad)
+    with pytest.raises(ValueError) as got:
+        MMDetSigmoidDRLoss(**bad)
+    assert str(got.value) == str(want.value)
+
+
 def test_mmdet_multilevel_loss_is_one_loss_per_image(generator):
     """Per-level head outputs [N, A*C, H, W] and per-level targets: one DR loss per image over
     every level, equal to the reference on the image's anchors built element by element."""
@@ -400,19 +443,6 @@ def test_mmdet_multilevel_loss_is_one_loss_per_image(generator):
     want_grads = torch.autograd.grad(want, cls_scores)
     for g, wg in zip(grads, want_grads):
         torch.testing.assert_close(g, wg, rtol=1e-10, atol=1e-14)
-
-
-def test_mmdet_registration():
-    """With mmdet: the config names build the integration's classes from mmdet's registry."""
-    integration = framework_or_skip("drloss_cuda.integrations.mmdet")
-    models = integration.MODELS
-    loss = models.build(dict(type="SigmoidDRLoss", use_sigmoid=True, loss_weight=2.0))
-    assert isinstance(loss, MMDetSigmoidDRLoss) and loss.loss_weight == 2.0
-    head = models.build(dict(type="DRLossRetinaHead", num_classes=3, in_channels=8, feat_channels=8,
-                             loss_cls=dict(type="SigmoidDRLoss", loss_weight=1.0)))
-    assert head.cls_out_channels == 3
-    head.init_weights()
-    assert torch.equal(head.retina_cls.bias.detach(), torch.zeros_like(head.retina_cls.bias))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +475,21 @@ def test_detectron2_config_plumbing():
     prior, options = options_from_config(cfg)
     assert prior == 0.3 and options["tau"] == 2.0 and options["L"] == drloss_cuda.DEFAULT_L
     drloss_cuda.SigmoidDRLoss(**options)  # every key is an argument of the loss
+
+
+@pytest.mark.parametrize("bad", BAD_HYPERPARAMETERS, ids=lambda bad: next(iter(bad)))
+def test_detectron2_config_loss_is_checked_when_built(bad):
+    """The loss detectron2's from_config builds from cfg.MODEL.DR_LOSS checks its arguments
+    there, with the loss's own message."""
+    key, value = next(iter(bad.items()))
+    cfg = add_dr_loss_config(_ConfigNode(MODEL=_ConfigNode()))
+    cfg.MODEL.DR_LOSS[key.upper()] = value
+    _, options = options_from_config(cfg)
+    with pytest.raises(ValueError) as want:
+        drloss_cuda.SigmoidDRLoss(**bad)
+    with pytest.raises(ValueError) as got:
+        drloss_cuda.integrations.fused_loss_module(**options)
+    assert str(got.value) == str(want.value)
 
 
 def test_detectron2_dense_loss(generator):
@@ -509,43 +554,3 @@ def test_detectron2_version_check(tmp_path, with_dense_detector):
         assert out.strip() == "imported detectron2.modeling", out
     else:
         assert out.startswith("ImportError: drloss_cuda.integrations.detectron2 needs detectron2 0.6 or newer"), out
-
-
-def test_detectron2_meta_architecture():
-    """With detectron2: the registered META_ARCHITECTURE builds from a config with the prior."""
-    integration = framework_or_skip("drloss_cuda.integrations.detectron2")
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    cfg = integration.add_dr_loss_config(get_cfg())
-    cfg.MODEL.META_ARCHITECTURE = "DRLossRetinaNet"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RETINANET.NUM_CLASSES = 3
-    model = build_model(cfg)
-    assert isinstance(model, integration.DRLossRetinaNet)
-    assert torch.equal(model.head.cls_score.bias.detach(), torch.zeros_like(model.head.cls_score.bias))
-
-
-def _doc_snippet(heading):
-    """The first ```python block under a heading of docs/integration.md."""
-    import pathlib
-
-    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_docs_torchvision_snippet_runs_offline(capsys):
-    """The documented torchvision snippet, as written: no download, DR loss, prior 0.5."""
-    framework_or_skip("torchvision")
-    namespace = {}
-    exec(compile(_doc_snippet("torchvision RetinaNet"), "docs/integration.md", "exec"), namespace)
-    head = namespace["model"].head.classification_head
-    assert type(head).__name__ == "DRLossClassificationHead"
-    assert torch.equal(head.cls_logits.bias.detach(), torch.zeros_like(head.cls_logits.bias))
-    losses = namespace["losses"]
-    assert set(losses) == {"classification", "bbox_regression"}
-    assert 0.0 < losses["classification"].item() < 6.0  # DR loss's range, not focal loss's
-    assert "classification" in capsys.readouterr().out

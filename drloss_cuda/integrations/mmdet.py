@@ -25,7 +25,7 @@ which is not the paper's loss: use DRLossRetinaHead.
 Importing this module imports mmdet; it raises ImportError when mmdet is missing or fails to load.
 """
 
-from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
+from ..initialization import DR_LOSS_PRIOR, init_classifier_prior, prior_bias
 from . import import_framework
 from .mmdet_loss import REGISTERED_LOSS_NAME, MMDetSigmoidDRLoss, head_loss_cls_config, multilevel_classification_loss
 
@@ -48,6 +48,8 @@ class DRLossRetinaHead(RetinaHead):
         if not isinstance(self.loss_cls, MMDetSigmoidDRLoss):
             raise TypeError(f"loss_cls must be a {REGISTERED_LOSS_NAME} (DRLossRetinaHead passes every level "
                             f"to it at once), got {type(self.loss_cls).__name__}")
+        if prior_prob is not None:
+            prior_bias(prior_prob)  # checked when the model is built, not at init_weights
         self.prior_prob = prior_prob
 
     def init_weights(self):

@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import conventions
 from .._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
-from .._common import check_reduction
+from .._common import check_reduction, hyperparameters
 
 
 def _fused_loss():
@@ -49,6 +49,8 @@ class MMDetSigmoidDRLoss(nn.Module):
         if use_sigmoid is not True:
             raise ValueError(f"use_sigmoid must be True (DR loss is a sigmoid loss), got {use_sigmoid!r}")
         check_reduction(reduction)
+        # Fail at construction (when mmdet builds the head), not at the first training step.
+        hyperparameters(pos_lambda, neg_lambda, L, tau, margin, 0)
         self.use_sigmoid = True
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
