@@ -22,9 +22,22 @@ def cuda_skip_reason():
     return None
 
 
+CUDA_SKIP_REASON = cuda_skip_reason()
+# The marks of a test that needs a GPU: selected by `-m cuda`, skipped visibly without one.
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(CUDA_SKIP_REASON is not None, reason=str(CUDA_SKIP_REASON))]
+
+
+
+def cuda_only(test):
+    """A test function with the CUDA_ONLY marks."""
+    for mark in CUDA_ONLY:
+        test = mark(test)
+    return test
+
+
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(cuda_skip_reason() is not None, reason=str(cuda_skip_reason()))]),
+    pytest.param("cuda", id="cuda", marks=CUDA_ONLY),
 ]
 
 

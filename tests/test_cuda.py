@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from conftest import cuda_skip_reason
+from conftest import CUDA_ONLY, CUDA_SKIP_REASON
 from kernel_runs import HYPER, assert_cuda_matches_cpu, assert_run_matches_float64, float64_eval, make_inputs, run_ops
 from tolerances import (
     DEFAULTS,
@@ -30,10 +30,9 @@ from tolerances import (
     group_relative,
 )
 
-_SKIP = cuda_skip_reason()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))]
+pytestmark = CUDA_ONLY
 
-if _SKIP is None:  # importing the ops needs the compiled extension
+if CUDA_SKIP_REASON is None:  # importing the ops needs the compiled extension
     from drloss_cuda import reference, sigmoid_dr_loss
     from drloss_cuda.ops import backward_op, forward_op
 

@@ -16,7 +16,7 @@ import re
 import pytest
 import torch
 
-from conftest import cuda_skip_reason
+from conftest import cuda_only
 from kernel_runs import (
     HYPER,
     assert_cuda_matches_cpu,
@@ -27,8 +27,6 @@ from kernel_runs import (
 )
 from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close
 
-_SKIP = cuda_skip_reason()
-CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))]
 
 # Below this temperature (1 / 64) a sign's exponent shift is no longer fixed: the forward keeps
 # a running max (csrc/dr_loss_math.h, kFixedShiftLimit).
@@ -162,8 +160,7 @@ def test_running_max_kernels(device, generator, tmp_path, dtype, shape, label_dt
 )
 @pytest.mark.parametrize("hyper", [pytest.param(HYPER, id="fixed"), pytest.param((1e-3, 1e-3, 6.0, 4.0, 0.5), id="running-max")])
 @pytest.mark.parametrize("label_dtype", [torch.int32], ids=str)
-@pytest.mark.cuda
-@pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))
+@cuda_only
 def test_several_work_items_per_block(generator, monkeypatch, tmp_path, dtype, shape, blocks_per_group, hyper, label_dtype):
     """More (group, range) work items than the one-wave grid has blocks (at most 8 blocks of 256
     threads per multiprocessor): each block loops over several items, in both passes."""
@@ -185,8 +182,7 @@ def test_several_work_items_per_block(generator, monkeypatch, tmp_path, dtype, s
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
 @pytest.mark.parametrize("pooled", [False, True], ids=["per-image", "pooled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.cuda
-@pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))
+@cuda_only
 def test_graph_capture_replays_new_inputs(generator, dtype, pooled, label_dtype):
     """Forward and backward of the mean loss captured in a CUDA graph; each replay with new
     logits copied into the captured input gives the float64 loss and gradient of those logits
