@@ -106,3 +106,25 @@ def assert_cuda_matches_cpu(logits_cpu, labels_cpu, first_label, cuda_logits=Non
     assert_run_matches_float64(x, y, first_label, cuda, ref, hyper)
     assert_stats_close(cuda[1], cpu[1], ref, logits_cpu.dtype, "CUDA stats against CPU stats")
     return cuda
+
+
+def capture_loss_and_backward(x, labels):
+    """The mean loss of `x` (a CUDA leaf that requires grad) and its backward captured in a
+    CUDA graph, after three warm-up steps on a side stream (the graph-capture recipe): returns
+    (graph, static_loss, static_grad), the tensors each replay writes."""
+    from drloss_cuda import sigmoid_dr_loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            x.grad = None
+            sigmoid_dr_loss(x, labels).backward()
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        static_loss = sigmoid_dr_loss(x, labels)
+        static_loss.backward()
+    return graph, static_loss, x.grad

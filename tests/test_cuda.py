@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import CUDA_ONLY, CUDA_SKIP_REASON
-from kernel_runs import HYPER, assert_cuda_matches_cpu, assert_run_matches_float64, float64_eval, make_inputs, run_ops
+from kernel_runs import HYPER, assert_cuda_matches_cpu, capture_loss_and_backward, assert_run_matches_float64, float64_eval, make_inputs, run_ops
 from tolerances import (
     DEFAULTS,
     assert_elementwise,
@@ -148,25 +148,7 @@ def test_cuda_graph_capture_and_replay(generator):
     logits, labels = make_inputs(shape, device="cuda")
     x = logits.clone().requires_grad_(True)
 
-    def step():
-        x.grad = None
-        loss = sigmoid_dr_loss(x, labels)
-        loss.backward()
-        return loss
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-
-    graph = torch.cuda.CUDAGraph()
-    x.grad = None
-    with torch.cuda.graph(graph):
-        static_loss = sigmoid_dr_loss(x, labels)
-        static_loss.backward()
-    static_grad = x.grad
+    graph, static_loss, static_grad = capture_loss_and_backward(x, labels)
 
     for _ in range(3):
         new_logits, _ = make_inputs(shape, device="cuda")

@@ -22,6 +22,7 @@ from kernel_runs import (
     assert_cuda_matches_cpu,
     assert_matches_float64_on,
     at_storage_offset,
+    capture_loss_and_backward,
     float64_eval,
     make_inputs,
 )
@@ -198,20 +199,7 @@ def test_graph_capture_replays_new_inputs(generator, dtype, pooled, label_dtype)
     x = logits.cuda().requires_grad_(True)
     groups = 1 if pooled else shape[0]
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            x.grad = None
-            sigmoid_dr_loss(x, labels).backward()
-    torch.cuda.current_stream().wait_stream(side)
-
-    graph = torch.cuda.CUDAGraph()
-    x.grad = None
-    with torch.cuda.graph(graph):
-        static_loss = sigmoid_dr_loss(x, labels)
-        static_loss.backward()
-    static_grad = x.grad
+    graph, static_loss, static_grad = capture_loss_and_backward(x, labels)
 
     mean_weights = torch.full((groups,), 1.0 / groups, dtype=torch.float64)
     for _ in range(2):
