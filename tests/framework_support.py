@@ -5,6 +5,7 @@ part), where a framework that does not import fails the test instead."""
 import os
 
 import pytest
+import torch
 
 from drloss_cuda.integrations import import_framework
 
@@ -32,3 +33,21 @@ def cls_loss_spy(loss, record):
         return value
 
     return spy
+
+
+def painted_images(seed, size, num_classes, box_counts=(1, 2)):
+    """Synthetic detection images: uint8 [3, size, size] noise with boxes painted on it, one
+    colour per class. Returns [(image, boxes [k, 4] float xyxy, classes [k] int64)], one per
+    entry of box_counts, drawn from `seed` alone."""
+    data = torch.Generator().manual_seed(seed)
+    images = []
+    for count in box_counts:
+        image = torch.randint(0, 60, (3, size, size), generator=data, dtype=torch.uint8)
+        corner = torch.randint(4, size // 2, (count, 2), generator=data)
+        extent = torch.randint(24, size // 2 - 4, (count, 2), generator=data)
+        boxes = torch.cat([corner, corner + extent], 1).float()
+        classes = torch.randint(0, num_classes, (count,), generator=data)
+        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), classes.tolist()):
+            image[:, y0:y1, x0:x1] = torch.tensor([80 + 60 * label, 200 - 50 * label, 120]).view(3, 1, 1)
+        images.append((image, boxes, classes))
+    return images

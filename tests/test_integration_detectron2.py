@@ -12,7 +12,7 @@ import torch
 
 from drloss_cuda import reference
 from drloss_cuda.initialization import prior_bias
-from framework_support import cls_loss_spy, framework_or_skip
+from framework_support import cls_loss_spy, framework_or_skip, painted_images
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 128
@@ -58,16 +58,8 @@ def _batch(seed):
     detectron2's data loader hands them to the model."""
     from detectron2.structures import Boxes, Instances
 
-    data = torch.Generator().manual_seed(seed)
     batch = []
-    for count in (1, 2):
-        image = torch.randint(0, 60, (3, IMAGE_SIZE, IMAGE_SIZE), generator=data, dtype=torch.uint8)
-        corner = torch.randint(4, IMAGE_SIZE // 2, (count, 2), generator=data)
-        size = torch.randint(24, IMAGE_SIZE // 2 - 4, (count, 2), generator=data)
-        boxes = torch.cat([corner, corner + size], 1).float()
-        classes = torch.randint(0, NUM_CLASSES, (count,), generator=data)
-        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), classes.tolist()):
-            image[:, y0:y1, x0:x1] = torch.tensor([80 + 60 * label, 200 - 50 * label, 120]).view(3, 1, 1)
+    for image, boxes, classes in painted_images(seed, IMAGE_SIZE, NUM_CLASSES):
         instances = Instances((IMAGE_SIZE, IMAGE_SIZE), gt_boxes=Boxes(boxes), gt_classes=classes)
         batch.append({"image": image, "instances": instances, "height": IMAGE_SIZE, "width": IMAGE_SIZE})
     return batch

@@ -12,7 +12,7 @@ import torch
 
 from drloss_cuda import reference, sigmoid_dr_loss
 from drloss_cuda.initialization import prior_bias
-from framework_support import cls_loss_spy, framework_or_skip
+from framework_support import cls_loss_spy, framework_or_skip, painted_images
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 128
@@ -79,16 +79,8 @@ def _batch(seed):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    data = torch.Generator().manual_seed(seed)
     inputs, samples = [], []
-    for count in (1, 2):
-        image = torch.randint(0, 60, (3, IMAGE_SIZE, IMAGE_SIZE), generator=data, dtype=torch.uint8)
-        corner = torch.randint(4, IMAGE_SIZE // 2, (count, 2), generator=data)
-        size = torch.randint(24, IMAGE_SIZE // 2 - 4, (count, 2), generator=data)
-        boxes = torch.cat([corner, corner + size], 1).float()
-        labels = torch.randint(0, NUM_CLASSES, (count,), generator=data)
-        for (x0, y0, x1, y1), label in zip(boxes.long().tolist(), labels.tolist()):
-            image[:, y0:y1, x0:x1] = torch.tensor([80 + 60 * label, 200 - 50 * label, 120]).view(3, 1, 1)
+    for image, boxes, labels in painted_images(seed, IMAGE_SIZE, NUM_CLASSES):
         sample = DetDataSample(metainfo=dict(img_shape=(IMAGE_SIZE, IMAGE_SIZE), ori_shape=(IMAGE_SIZE, IMAGE_SIZE),
                                              pad_shape=(IMAGE_SIZE, IMAGE_SIZE), scale_factor=(1.0, 1.0)))
         sample.gt_instances = InstanceData(bboxes=boxes, labels=labels)
