@@ -1,4 +1,4 @@
-// The op schemas, the argument checks and the CPU registration.
+// The op schemas, the CPU registration and the build facts.
 //
 //   drloss_cuda::sigmoid_dr_loss_forward(logits, labels, hyperparameters...)
 //       -> (losses [G], stats [G, 6])
@@ -12,15 +12,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <limits>
 #include <string>
-#include <vector>
 
 #include "build_record.h"
 #include "dr_loss.h"
 #include "dr_loss_math.h"
-#include "messages.h"
 
 namespace drloss {
 

@@ -67,8 +67,9 @@ def _check_batched_ranks(logits, labels):
     """The op's rank check before the reshape, so that a vmapped call fails with the op's own
     message (the per-example shapes) rather than a reshape error."""
     if logits.dim() - 1 not in (2, 3) or labels.dim() != logits.dim() - 1:
-        # The op's message for the per-example tensors.
-        forward_op(logits.new_empty(logits.shape[1:], device="meta"), labels.new_empty(labels.shape[1:], device="meta"), 1.0, 1.0, 1.0, 1.0, 0.0, 0)
+        example_logits = logits.new_empty(logits.shape[1:], device="meta")
+        example_labels = labels.new_empty(labels.shape[1:], device="meta")
+        forward_op(example_logits, example_labels, 1.0, 1.0, 1.0, 1.0, 0.0, 0)  # raises the op's error
 
 
 @torch.library.register_vmap("drloss_cuda::sigmoid_dr_loss_forward")
