@@ -9,10 +9,6 @@ machine); the CUDA cases also check, from the profiler's trace, that the kernel 
 the test is about is the one that ran. CUDA cases skip visibly without a GPU.
 """
 
-import json
-import math
-import re
-
 import pytest
 import torch
 
@@ -26,6 +22,7 @@ from kernel_runs import (
     float64_eval,
     make_inputs,
 )
+from kernel_trace import grids_of, launched_kernels, template_arguments, vector_width
 from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close
 
 
@@ -38,57 +35,6 @@ FIXED_SHIFT_LIMIT = 64.0
 def poison_outputs(monkeypatch):
     monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
     monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
-
-
-def vector_width(dtype):
-    """Elements per 16-byte vector: the kernels walk vectors when C is at least this."""
-    return 16 // torch.empty((), dtype=dtype).element_size()
-
-
-# --- which kernels ran -----------------------------------------------------------------------
-
-
-def launched_kernels(fn, trace_path):
-    """Runs fn() under the CUDA profiler; returns (what fn returned, [(kernel name, grid size)]
-    of this project's kernels in launch order). Fails when the profiler reports no kernel or no
-    grid: then the path the test is about could not be confirmed."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        result = fn()
-        torch.cuda.synchronize()
-    prof.export_chrome_trace(str(trace_path))
-    with open(trace_path) as f:
-        events = json.load(f).get("traceEvents", [])
-    kernels = [(e["name"], math.prod(e.get("args", {}).get("grid", [0]))) for e in events if e.get("cat") == "kernel" and "drloss" in e["name"]]
-    assert kernels and all(grid > 0 for _, grid in kernels), f"the profiler reported no kernel with its grid: {kernels}"
-    return result, kernels
-
-
-# How the demangled kernel names spell the logits' and labels' element types.
-SCALAR_NAMES = {
-    torch.float32: ("float",),
-    torch.float64: ("double",),
-    torch.float16: ("__half", "half"),
-    torch.bfloat16: ("__nv_bfloat16", "nv_bfloat16"),
-}
-LABEL_NAMES = {torch.int32: ("int",), torch.int64: ("long", "long long")}
-
-
-def template_arguments(kernels, kernel, dtype, label_dtype):
-    """The template arguments after <scalar, label> (as demangled) of every launch of `kernel`
-    (forward_partials_kernel or backward_kernel) for `dtype` logits and `label_dtype` labels."""
-    found = []
-    for name, _ in kernels:
-        match = re.search(kernel + r"<([^<>]*)>", name)
-        if match:
-            args = [a.strip() for a in match.group(1).split(",")]
-            if args[0] in SCALAR_NAMES[dtype] and args[1] in LABEL_NAMES[label_dtype]:
-                found.append(args[2:])
-    assert found, f"no {kernel} for {dtype} logits and {label_dtype} labels among {[name for name, _ in kernels]}"
-    return found
-
-
-def grids_of(kernels, kernel):
-    return [grid for name, grid in kernels if re.search(kernel + "<", name)]
 
 
 # --- misaligned 16-bit logits at C = 80 -----------------------------------------------------------
