@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -59,15 +60,30 @@ int64_t blocks_per_group_override() {
   return blocks;
 }
 
-// The launch plan of a call (both ops cut the groups the same way).
+// DRLOSS_CUDA_FORWARD=general|aligned|pipelined (a measurement switch, read at every call)
+// chooses the forward's walk (cuda::ForwardWalk); unset or empty, the general walk.
+cuda::ForwardWalk forward_walk_requested() {
+  const char* value = std::getenv("DRLOSS_CUDA_FORWARD");
+  if (value == nullptr || value[0] == '\0') return cuda::ForwardWalk::kGeneral;
+  const std::string walk(value);
+  if (walk == "general") return cuda::ForwardWalk::kGeneral;
+  if (walk == "aligned") return cuda::ForwardWalk::kAligned;
+  if (walk == "pipelined") return cuda::ForwardWalk::kPipelined;
+  DRLOSS_CHECK(false, "DRLOSS_CUDA_FORWARD must be general, aligned or pipelined, got '", value,
+               "'");
+}
+
+// The launch plan of a call. The backward asks for the general walk: its grid is then one wave
+// of the general forward's occupancy whichever walk the forward took.
 cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
-                           const Problem& problem, const LossOptions& options) {
+                           const Problem& problem, const LossOptions& options,
+                           cuda::ForwardWalk walk) {
   // The kernels keep a class index in 32 bits, and add up to 2048 to it before wrapping.
   DRLOSS_CHECK(problem.classes <= (int64_t(1) << 30),
                "sigmoid_dr_loss: on CUDA the number of classes must be at most 2^30, got ",
                problem.classes);
-  return cuda::plan_launch(logits_type_of(logits), labels_type_of(labels), problem, options,
-                           blocks_per_group_override());
+  return cuda::plan_launch(logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
+                           problem, options, walk, blocks_per_group_override());
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
@@ -88,7 +104,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   poison_if_requested(stats);
   if (problem.groups == 0) return {losses, stats};
 
-  const cuda::LaunchPlan plan = plan_call(logits, labels, problem, options);
+  const cuda::LaunchPlan plan =
+      plan_call(logits, labels, problem, options, forward_walk_requested());
   at::Tensor workspace = at::empty({plan.workspace_doubles}, logits.options().dtype(at::kDouble));
   // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
   C10_CUDA_CHECK(cuda::launch_forward(
@@ -117,7 +134,8 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   poison_if_requested(grad_logits);
   if (grad_logits.numel() == 0) return grad_logits;
 
-  const cuda::LaunchPlan plan = plan_call(logits, labels, problem, options);
+  const cuda::LaunchPlan plan =
+      plan_call(logits, labels, problem, options, cuda::ForwardWalk::kGeneral);
   C10_CUDA_CHECK(cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(), problem,

@@ -328,18 +328,17 @@ struct ForwardSums {
   }
 };
 
-// A vector with both shifts fixed: plain sums over its N terms, then compensated (policy 2).
+// A vector with both shifts fixed: p of each element, and the negatives' terms added to the
+// plain sums (z, w), which the caller adds with compensation (policy 2) before they cover more
+// than kMaxPlainTerms terms.
 template <int N, typename acc_t>
-__device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&x)[N],
-                                           VectorKinds kinds) {
-  static_assert(N <= kMaxPlainTerms, "a plain sum covers one vector at most");
-  acc_t p[N];
-  acc_t z = 0, w = 0;
-  const uint32_t negative = kinds.counted & ~kinds.positive;
+__device__ __forceinline__ void add_negatives_fixed(const Hyper<acc_t>& h, acc_t& z, acc_t& w,
+                                                    const acc_t (&x)[N], acc_t (&p)[N],
+                                                    uint32_t negative) {
 #pragma unroll
   for (int k = 0; k < N; ++k) {
     p[k] = sigmoid(x[k]);
-    const acc_t weight = exp2_approx(s.h.s2_neg * p[k] - s.h.shift_neg);
+    const acc_t weight = exp2_approx(h.s2_neg * p[k] - h.shift_neg);
     // Predicated adds, not a multiplication by a mask: a NaN of an ignored element must not
     // get in (and two predicated instructions are cheaper than selects).
     if (negative & (1u << k)) {
@@ -347,13 +346,17 @@ __device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&
       w += p[k] * weight;
     }
   }
-  compensated_add(s.neg.z_hi, s.neg.z_lo, z);
-  compensated_add(s.neg.w_hi, s.neg.w_lo, w);
-  if (kinds.positive != 0u) {  // cold: only a vector that holds a positive
+}
+
+// The vector's positive, if any, straight into the compensated sums.
+template <int N, typename acc_t>
+__device__ __forceinline__ void add_positives_fixed(ForwardSums<acc_t>& s, const acc_t (&p)[N],
+                                                    uint32_t positive) {
+  if (positive != 0u) {  // cold: only a vector that holds a positive
     acc_t zp = 0, wp = 0;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      if ((kinds.positive >> k) & 1u) {
+      if ((positive >> k) & 1u) {
         const acc_t weight = exp2_approx(s.h.s2_pos * p[k] - s.h.shift_pos);
         zp += weight;
         wp += p[k] * weight;
@@ -362,6 +365,19 @@ __device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&
     compensated_add(s.pos.z_hi, s.pos.z_lo, zp);
     compensated_add(s.pos.w_hi, s.pos.w_lo, wp);
   }
+}
+
+// One vector with both shifts fixed, its plain sums compensated at once.
+template <int N, typename acc_t>
+__device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&x)[N],
+                                           VectorKinds kinds) {
+  static_assert(N <= kMaxPlainTerms, "a plain sum covers one vector at most");
+  acc_t p[N];
+  acc_t z = 0, w = 0;
+  add_negatives_fixed<N>(s.h, z, w, x, p, kinds.counted & ~kinds.positive);
+  compensated_add(s.neg.z_hi, s.neg.z_lo, z);
+  compensated_add(s.neg.w_hi, s.neg.w_lo, w);
+  add_positives_fixed<N>(s, p, kinds.positive);
 }
 
 template <int N, typename acc_t>
@@ -414,6 +430,22 @@ __device__ __forceinline__ SoftmaxTriple<double> block_merge(SoftmaxTriple<doubl
   return t;
 }
 
+// Merges the block's sums and writes them as the item's partials (thread 0).
+template <typename acc_t>
+__device__ __forceinline__ void write_block_partials(const ForwardSums<acc_t>& sums,
+                                                     double (*shared)[kWarps], double* out) {
+  const SoftmaxTriple<double> neg = block_merge(sums.neg.triple(), shared);
+  const SoftmaxTriple<double> pos = block_merge(sums.pos.triple(), shared);
+  if (threadIdx.x == 0) {
+    out[0] = neg.m;
+    out[1] = neg.z;
+    out[2] = neg.w;
+    out[3] = pos.m;
+    out[4] = pos.z;
+    out[5] = pos.w;
+  }
+}
+
 template <typename scalar_t, typename label_t, int N, bool kFixed>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     forward_partials_kernel(const scalar_t* __restrict__ logits,
@@ -441,17 +473,134 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     walk_range<N, N * sizeof(scalar_t), 0>(gx, gx, labels + r.group * anchors,
                                            static_cast<int>(classes), first_label, r.lo, r.hi,
                                            on_vector, on_element);
-    const SoftmaxTriple<double> neg = block_merge(sums.neg.triple(), shared);
-    const SoftmaxTriple<double> pos = block_merge(sums.pos.triple(), shared);
-    if (threadIdx.x == 0) {
-      double* out = partials + item * kPartialDoubles;
-      out[0] = neg.m;
-      out[1] = neg.z;
-      out[2] = neg.w;
-      out[3] = pos.m;
-      out[4] = pos.z;
-      out[5] = pos.w;
+    write_block_partials(sums, shared, partials + item * kPartialDoubles);
+  }
+}
+
+// The anchor-aligned forward (ForwardWalk::kAligned and kPipelined, dr_loss_kernels.h). The
+// launcher runs it only with both shifts fixed, classes a multiple of N, the logits on a 16-byte
+// boundary and fewer than 2^30 elements per group. Then every group starts on a 16-byte
+// boundary, every range is whole vectors (its ends are multiples of 16 elements, or the
+// group's end), each vector lies inside one anchor, and positions fit in 32 bits.
+
+// One vector of the walk: its logits, its anchor's label and its first class column.
+template <typename scalar_t, typename label_t>
+struct AlignedVector {
+  scalar_t x[vec_width<scalar_t>()];
+  label_t label;
+  int column;
+};
+
+// A vector inside one anchor, starting at class column `column`: counted in full or not at
+// all, and at most one positive element.
+template <int N, typename label_t>
+__device__ __forceinline__ VectorKinds classify_aligned(label_t label, int column, int classes,
+                                                        int64_t first_label) {
+  constexpr uint32_t kAll = (N == 32) ? 0xffffffffu : ((1u << N) - 1u);
+  // positive_column gives a column below 2^30, or -1, which the unsigned compare rejects.
+  const int offset = static_cast<int>(positive_column(label, classes, first_label)) - column;
+  VectorKinds kinds;
+  kinds.counted = label >= 0 ? kAll : 0u;
+  kinds.positive = static_cast<unsigned>(offset) < unsigned(N) ? 1u << offset : 0u;
+  return kinds;
+}
+
+// The pipelined walk holds a second step's vectors: it gets the registers of 3 blocks per SM.
+template <typename scalar_t, typename label_t, bool kPipelined>
+__global__ void __launch_bounds__(kThreads, kPipelined ? kMinBlocksPerSM - 1 : kMinBlocksPerSM)
+    forward_aligned_kernel(const scalar_t* __restrict__ logits,
+                           const label_t* __restrict__ labels, int64_t groups, int64_t anchors,
+                           int64_t classes_64, int64_t blocks_per_group, int64_t per_block,
+                           int64_t first_label, Hyper<typename AccOf<scalar_t>::type> h,
+                           double* __restrict__ partials) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  using Vector = AlignedVector<scalar_t, label_t>;
+  constexpr int N = vec_width<scalar_t>();
+  // Vectors whose negatives share one plain sum (policy 2): two of float, one of 16-bit types.
+  constexpr int kVectorsPerSum = kMaxPlainTerms / N >= 2 ? 2 : 1;
+  __shared__ double shared[3][kWarps];
+  const int classes = static_cast<int>(classes_64);
+  const int elements = static_cast<int>(anchors * classes_64);
+  // A jump of kThreads vectors, in whole anchors and the class columns left over.
+  const int jump_anchors = kThreads * N / classes;
+  const int jump_columns = kThreads * N - jump_anchors * classes;
+  const int64_t items = groups * blocks_per_group;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const Range r = item_range(item, blocks_per_group, per_block, elements);
+    ForwardSums<acc_t> sums{RunningMaxSums<acc_t>::start_negatives(h),
+                            RunningMaxSums<acc_t>::start_positives(h), h};
+    const scalar_t* __restrict__ gx = logits + r.group * elements;
+    const label_t* __restrict__ gy = labels + r.group * anchors;
+    const int lo = static_cast<int>(r.lo);
+    const int vectors = static_cast<int>(r.hi - r.lo) / N;
+    // This thread's vectors: t, t + kThreads, ... of the range; `mine` of them.
+    const int t = threadIdx.x;
+    const int mine = t < vectors ? (vectors - t + kThreads - 1) / kThreads : 0;
+    // The next vector to load: its logits, its anchor's label and its first class column.
+    const int e = lo + t * N;
+    const int anchor = e / classes;
+    const scalar_t* x_next = gx + e;
+    const label_t* y_next = gy + anchor;
+    int column = e - anchor * classes;
+    auto fetch = [&](Vector& v) {
+      load_pack<N, 16>(x_next, v.x);
+      v.label = load_label(y_next);
+      v.column = column;
+      x_next += kThreads * N;
+      y_next += jump_anchors;
+      column += jump_columns;  // < 2 * classes
+      if (column >= classes) {
+        column -= classes;
+        ++y_next;
+      }
+    };
+    auto add = [&](const Vector& v, acc_t& z, acc_t& w) {
+      acc_t x[N];
+#pragma unroll
+      for (int k = 0; k < N; ++k) x[k] = to_acc(v.x[k]);
+      const VectorKinds kinds = classify_aligned<N>(v.label, v.column, classes, first_label);
+      acc_t p[N];
+      add_negatives_fixed<N>(h, z, w, x, p, kinds.counted & ~kinds.positive);
+      add_positives_fixed<N>(sums, p, kinds.positive);
+    };
+    // A step adds vectors k and k + 1 of this thread's (cur[0], cur[1]); in the pipelined walk
+    // it first loads k + 2 and k + 3 into `next`, else it loads them into `cur` after its adds.
+    auto step = [&](int k, Vector (&cur)[2], Vector (&next)[2]) {
+      if (kPipelined) {
+        if (k + 2 < mine) fetch(next[0]);
+        if (k + 3 < mine) fetch(next[1]);
+      }
+      acc_t z = 0, w = 0;
+      add(cur[0], z, w);
+      if (kVectorsPerSum == 1) {
+        compensated_add(sums.neg.z_hi, sums.neg.z_lo, z);
+        compensated_add(sums.neg.w_hi, sums.neg.w_lo, w);
+        z = 0;
+        w = 0;
+      }
+      if (k + 1 < mine) add(cur[1], z, w);
+      compensated_add(sums.neg.z_hi, sums.neg.z_lo, z);
+      compensated_add(sums.neg.w_hi, sums.neg.w_lo, w);
+      if (!kPipelined) {
+        if (k + 2 < mine) fetch(cur[0]);
+        if (k + 3 < mine) fetch(cur[1]);
+      }
+    };
+    Vector a[2], b[2];
+    if (mine > 0) fetch(a[0]);
+    if (mine > 1) fetch(a[1]);
+    // Unrolled by two steps, so that the pipelined walk alternates between a and b without
+    // copying registers.
+    for (int k = 0; k < mine; k += 4) {
+      step(k, a, b);
+      if (k + 2 >= mine) break;
+      if (kPipelined) {
+        step(k + 2, b, a);
+      } else {
+        step(k + 2, a, a);
+      }
     }
+    write_block_partials(sums, shared, partials + item * kPartialDoubles);
   }
 }
 
@@ -596,10 +745,25 @@ auto forward_kernel(bool fixed) {
                : forward_partials_kernel<scalar_t, label_t, N, false>;
 }
 
-// The forward kernel a call runs (the occupancy query and the launch must agree).
-template <typename scalar_t, typename label_t>
-auto forward_kernel_for(const Problem& s, bool fixed) {
+// Whether the anchor-aligned walk can take a call (ForwardWalk, dr_loss_kernels.h): the
+// conditions forward_aligned_kernel relies on.
+template <typename scalar_t>
+bool aligned_walk_applies(const void* logits, const Problem& s, bool fixed) {
   constexpr int N = vec_width<scalar_t>();
+  return sizeof(scalar_t) < 8 && fixed && s.classes % N == 0 &&
+         reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
+         s.anchors * s.classes < (int64_t(1) << 30);
+}
+
+// The forward kernel a call runs (the occupancy query and the launch must agree); `walk` is
+// the plan's, kGeneral unless aligned_walk_applies.
+template <typename scalar_t, typename label_t>
+auto forward_kernel_for(const Problem& s, bool fixed, ForwardWalk walk) {
+  constexpr int N = vec_width<scalar_t>();
+  if constexpr (sizeof(scalar_t) < 8) {
+    if (walk == ForwardWalk::kAligned) return forward_aligned_kernel<scalar_t, label_t, false>;
+    if (walk == ForwardWalk::kPipelined) return forward_aligned_kernel<scalar_t, label_t, true>;
+  }
   return walk_width<scalar_t>(s.classes) == N ? forward_kernel<scalar_t, label_t, N>(fixed)
                                                : forward_kernel<scalar_t, label_t, 1>(fixed);
 }
@@ -609,17 +773,21 @@ auto forward_kernel_for(const Problem& s, bool fixed) {
 // device and kernel and the product kept (no query during a CUDA graph capture after the first
 // eager call, and no query cost per call; neither query synchronizes with the host).
 template <typename scalar_t, typename label_t>
-int64_t forward_wave(const Problem& s, bool fixed) {
+int64_t forward_wave(const Problem& s, bool fixed, ForwardWalk walk) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int64_t> cached[kMaxDevices][2][2];  // [device][vector walk][fixed shifts]
+  // [device][kernel]: the general walk's four (vectors or not, fixed shifts or not), then the
+  // aligned and the pipelined walk.
+  static std::atomic<int64_t> cached[kMaxDevices][6];
   const int wide = walk_width<scalar_t>(s.classes) == vec_width<scalar_t>() ? 1 : 0;
+  const int kernel = walk == ForwardWalk::kGeneral ? wide * 2 + (fixed ? 1 : 0)
+                                                   : 3 + static_cast<int>(walk);
   int device = -1;
   if (cudaGetDevice(&device) != cudaSuccess) {
     (void)cudaGetLastError();  // the query's own error
     device = -1;
   }
   std::atomic<int64_t>* slot =
-      device >= 0 && device < kMaxDevices ? &cached[device][wide][fixed ? 1 : 0] : nullptr;
+      device >= 0 && device < kMaxDevices ? &cached[device][kernel] : nullptr;
   int64_t wave = slot != nullptr ? slot->load(std::memory_order_relaxed) : 0;
   if (wave > 0) return wave;
   int multiprocessors = 0;
@@ -628,7 +796,7 @@ int64_t forward_wave(const Problem& s, bool fixed) {
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed), kThreads, 0) !=
+          &blocks_per_sm, forward_kernel_for<scalar_t, label_t>(s, fixed, walk), kThreads, 0) !=
           cudaSuccess ||
       multiprocessors < 1 || blocks_per_sm < 1) {
     // The queries' own error: a grid of one block per launch bound (the launch that follows
@@ -648,13 +816,19 @@ bool fixed_shifts(const LossOptions& hp) {
 
 }  // namespace
 
-LaunchPlan plan_launch(LogitsType logits_type, LabelsType labels_type, const Problem& s,
-                         const LossOptions& hp, int64_t blocks_per_group_override) {
-  LaunchPlan plan{0, 0, 0, 0};
+LaunchPlan plan_launch(LogitsType logits_type, const void* logits, LabelsType labels_type,
+                       const Problem& s, const LossOptions& hp, ForwardWalk walk,
+                       int64_t blocks_per_group_override) {
+  LaunchPlan plan{0, 0, 0, 0, ForwardWalk::kGeneral};
   if (s.groups <= 0 || s.anchors <= 0 || s.classes <= 0) return plan;
+  const bool fixed = fixed_shifts(hp);
   int64_t wave = 0;
   dispatch(logits_type, labels_type, [&](auto scalar_tag, auto label_tag) {
-    wave = forward_wave<decltype(scalar_tag), decltype(label_tag)>(s, fixed_shifts(hp));
+    using scalar_t = decltype(scalar_tag);
+    if (walk != ForwardWalk::kGeneral && aligned_walk_applies<scalar_t>(logits, s, fixed)) {
+      plan.forward_walk = walk;
+    }
+    wave = forward_wave<scalar_t, decltype(label_tag)>(s, fixed, plan.forward_walk);
     return cudaSuccess;
   });
   const int64_t elements = s.anchors * s.classes;
@@ -685,7 +859,7 @@ cudaError_t launch_forward(LogitsType logits_type, const void* logits, LabelsTyp
       const Hyper<acc_t> h =
           make_hyper<acc_t>(hp.pos_lambda, hp.neg_lambda, hp.L, hp.tau, hp.margin);
       const cudaError_t error =
-          launch(forward_kernel_for<scalar_t, label_t>(s, fixed_shifts(hp)),
+          launch(forward_kernel_for<scalar_t, label_t>(s, fixed_shifts(hp), plan.forward_walk),
                  static_cast<unsigned>(plan.grid), kThreads, stream,
                  static_cast<const scalar_t*>(logits), static_cast<const label_t*>(labels),
                  s.groups, s.anchors, s.classes, plan.blocks_per_group, plan.per_block,
