@@ -10,7 +10,8 @@ ignored, one with no positive, and no anchors at all; and the kernel paths only 
 inputs reach: float16/bfloat16 logits with C = 80 at storage offsets 1-7 (the backward's
 vector walk with element-wise logit loads), temperatures below 1/64 (the running-max
 forward, with vectors and element by element) and more work items than the grid has blocks
-(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores). Outputs are poisoned (NaN) before the
+(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores), and the forward's anchor-aligned and
+pipelined walks (DRLOSS_CUDA_FORWARD, which the CPU ignores too). Outputs are poisoned (NaN) before the
 kernels write them. For each case the per-group losses and the gradient (for a random upstream
 gradient) are compared with drloss_cuda.reference run in float64 on the CPU, on the same
 (rounded) logits. Exits 1 if any case differs: the sanitizer's exit code says whether memory
@@ -42,6 +43,7 @@ TOLERANCES = {
 
 RUNNING_MAX_HYPER = (1e-3, 1e-3, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)  # both temperatures below 1/64
 HALF = (torch.float16, torch.bfloat16)
+ALIGNED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the dtypes the aligned walks take
 LABEL_DTYPES = (torch.int64, torch.int32)
 
 
@@ -55,6 +57,7 @@ class Case:
     label_dtypes: tuple = LABEL_DTYPES
     hyper: tuple = HYPER
     blocks_per_group: int = 0  # DRLOSS_CUDA_BLOCKS_PER_GROUP for the call; 0: the launcher's choice
+    forward_walk: str = ""  # DRLOSS_CUDA_FORWARD for the call; "": the default walk
 
 
 CASES = (
@@ -69,7 +72,14 @@ CASES = (
     Case((3, 33, 7), 3, 1, "mixed, running max", label_dtypes=(torch.int64,), hyper=RUNNING_MAX_HYPER),
     # 4 x 700 items of 80 elements: more than one wave of blocks on any GPU (8 blocks per multiprocessor, at most 300 of them)
     Case((4, 700, 80), 0, 0, "mixed, several items per block", label_dtypes=(torch.int32,), blocks_per_group=700),
+    # the forward's anchor-aligned walks (C a multiple of the vector width, aligned logits)
+    Case((2, 257, 80), 0, 0, "mixed", ALIGNED_DTYPES, forward_walk="aligned"),
+    Case((2, 257, 80), 0, 1, "mixed", ALIGNED_DTYPES, forward_walk="pipelined"),
+    Case((2000, 16), 0, 0, "pooled", (torch.float32, torch.bfloat16), (torch.int64,), forward_walk="pipelined"),
+    Case((4, 700, 80), 0, 0, "mixed, several items per block", (torch.float32, torch.bfloat16), (torch.int32,), blocks_per_group=700, forward_walk="pipelined"),
 )
+# The variables each case sets for its own calls.
+CASE_VARIABLES = ("DRLOSS_CUDA_BLOCKS_PER_GROUP", "DRLOSS_CUDA_FORWARD")
 
 
 def make_case(shape, dtype, label_dtype, first_label, labels_kind, generator):
@@ -131,14 +141,16 @@ def check_case(device, dtype, label_dtype, case, generator):
     groups = case.shape[0] if len(case.shape) == 3 else 1
     grad_losses = torch.rand(groups, generator=generator) + 0.5
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    if case.blocks_per_group:
-        os.environ["DRLOSS_CUDA_BLOCKS_PER_GROUP"] = str(case.blocks_per_group)
+    for name, value in zip(CASE_VARIABLES, (case.blocks_per_group, case.forward_walk)):
+        if value:
+            os.environ[name] = str(value)
     try:
         losses, grad = run_kernels(on_device(logits, device, case.offset), labels.to(device), grad_losses.to(device, acc), case.first_label, case.hyper)
         if device == "cuda":
             torch.cuda.synchronize()
     finally:
-        os.environ.pop("DRLOSS_CUDA_BLOCKS_PER_GROUP", None)
+        for name in CASE_VARIABLES:
+            os.environ.pop(name, None)
     want_losses, want_grad = expected(logits, labels, grad_losses, case.first_label, case.hyper)
     loss_rtol, grad_rtol = TOLERANCES[dtype]
     if grad.dtype != dtype:
@@ -161,7 +173,8 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(seed)
     print(f"sanitizer cases on {args.device}, seed {seed}; errors are in units of the tolerance (<= 1 passes)")
     wrong = total = 0
-    os.environ.pop("DRLOSS_CUDA_BLOCKS_PER_GROUP", None)  # each case sets its own
+    for name in CASE_VARIABLES:  # each case sets its own
+        os.environ.pop(name, None)
     for dtype, label_dtype, case in case_runs():
         loss_err, grad_err = check_case(args.device, dtype, label_dtype, case, generator)
         good = loss_err <= 1 and grad_err <= 1
@@ -171,6 +184,7 @@ def main(argv=None):
         extra = "".join([
             "" if case.hyper == HYPER else f", lambdas {case.hyper[0]:g}/{case.hyper[1]:g}",
             f", {case.blocks_per_group} blocks per group" if case.blocks_per_group else "",
+            f", {case.forward_walk} forward walk" if case.forward_walk else "",
         ])
         print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({case.labels_kind}{extra})")
     print(f"{total - wrong} of {total} cases match float64" + ("" if not wrong else f"; {wrong} DIFFER"))

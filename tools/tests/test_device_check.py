@@ -17,7 +17,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "device_check.sh"
-STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "initcheck", "synccheck", "benchmark", "training_step", "benchmark_compiled"]
+STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "initcheck", "synccheck", "benchmark", "forward_walks", "training_step", "benchmark_compiled"]
 LOGS = {"environment.log", "build.log", "cuda_tests.log", "retinanet.log", "sanitizer.log", "benchmark.log", "benchmark.csv", "summary.md"}
 
 pytestmark = pytest.mark.skipif(
@@ -135,7 +135,9 @@ def test_sanitizer_case_matches_float64(sanitizer_case, generator, capsys):
 def test_sanitizer_cases_cover_the_paths_only_some_inputs_reach(sanitizer_case):
     """The case list holds float16 and bfloat16 logits with C = 80 at storage offsets 1-7, a
     temperature below 1/64 with C = 80 and with C below a 16-bit vector, and more work items
-    than any one-wave grid has blocks (8 per multiprocessor, at most 300 of them)."""
+    than any one-wave grid has blocks (8 per multiprocessor, at most 300 of them); and the
+    forward's aligned and pipelined walks in every dtype they take, the pipelined one with
+    several items per block."""
     runs = sanitizer_case.case_runs()
     for dtype in (torch.float16, torch.bfloat16):
         offsets = {case.offset for d, _, case in runs if d == dtype and case.shape[-1] == 80}
@@ -145,6 +147,9 @@ def test_sanitizer_cases_cover_the_paths_only_some_inputs_reach(sanitizer_case):
     items = [case.shape[0] * case.blocks_per_group for _, _, case in runs if case.blocks_per_group and case.shape[-1] == 80]
     assert items and max(items) > 8 * 300
     assert {label_dtype for _, label_dtype, _ in runs} == {torch.int32, torch.int64}
+    walks = {(case.forward_walk, dtype) for dtype, _, case in runs if case.forward_walk}
+    assert {(walk, dtype) for walk in ("aligned", "pipelined") for dtype in (torch.float32, torch.float16, torch.bfloat16)} <= walks
+    assert any(case.forward_walk == "pipelined" and case.blocks_per_group for _, _, case in runs)
 
 
 @pytest.mark.parametrize(
