@@ -31,6 +31,8 @@
 #                               initcheck instruments every kernel, so that PyTorch's writes count)
 #   benchmark           150 s   N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
 #                               fused_pooled, official_pooled, dense_masked, and the copy bandwidth
+#   forward_walks        90 s   tools/profile_cuda_kernels.py: the forward's walks (DRLOSS_CUDA_FORWARD:
+#                               general, aligned, pipelined) timed in turn, kernels alone, 3 rounds
 #   training_step       200 s   benchmarks/training_step.py: torchvision RetinaNet ResNet-50 FPN,
 #                               batch 8, 800x1216, float32 and bfloat16 autocast, with torchvision's
 #                               focal loss, the official DR code and the fused loss ('missing'
@@ -236,6 +238,12 @@ step_benchmark() {
   fi
 }
 
+step_forward_walks() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  "$PY" tools/profile_cuda_kernels.py --sizes 8x201600x80 --dtypes float32,bfloat16 --blocks 0 \
+    --forward-walks general,aligned,pipelined --rounds 3 --repeats 10
+}
+
 step_training_step() {
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
   if ! "$PY" -c "import torchvision" 2>/dev/null; then
@@ -267,6 +275,7 @@ if [ "${1:-}" = "--step" ]; then
     initcheck) step_sanitizer initcheck ;;
     synccheck) step_sanitizer synccheck ;;
     benchmark) step_benchmark ;;
+    forward_walks) step_forward_walks ;;
     training_step) step_training_step ;;
     benchmark_compiled) step_benchmark_compiled ;;
     *) echo "device_check: unknown step $2" >&2; exit 2 ;;
@@ -338,6 +347,7 @@ run_step racecheck 90 sanitizer.log
 run_step initcheck 90 sanitizer.log
 run_step synccheck 90 sanitizer.log
 run_step benchmark 150 benchmark.log
+run_step forward_walks 90 benchmark.log
 run_step training_step 200 retinanet.log
 run_step benchmark_compiled 600 benchmark.log
 

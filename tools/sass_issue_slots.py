@@ -9,7 +9,7 @@ wheel: the script looks there too). No GPU.
 
 Method. The kernel file is compiled with line information (-lineinfo) and disassembled with
 the inline chain of every instruction (nvdisasm -gi). The body loop of a kernel is the
-smallest loop (a backward branch) around its 16-byte vector loads; every instruction in it is
+smallest loop (a backward branch) around one of its 16-byte vector loads; every instruction in it is
 issued once per iteration (predicated ones too), except those whose inline chain passes
 through a source line marked `cold` in the kernel file or the math header: the branches that
 only run for a vector holding a positive, or for a new running max. An iteration handles as
@@ -58,6 +58,10 @@ CASES = [
     ("forward", "float32", 4, 4, 4),
     ("forward", "bfloat16", 2, 2, 8),
     ("forward", "float16", 2, 2, 8),
+    ("forward aligned", "float32", 4, 4, 4),
+    ("forward aligned", "bfloat16", 2, 2, 8),
+    ("forward pipelined", "float32", 4, 4, 4),
+    ("forward pipelined", "bfloat16", 2, 2, 8),
     ("backward", "float32", 4, 8, 4),
     ("backward", "bfloat16", 2, 4, 8),
     ("backward", "float16", 2, 4, 8),
@@ -149,19 +153,19 @@ def parse_functions(text):
 
 
 def body_loop(function):
-    """The instructions of the smallest loop around the first 16-byte vector load."""
+    """The instructions of the smallest loop around a 16-byte vector load (a walk may load its
+    first vectors before the loop)."""
     code = function["code"]
     loads = [a for a, ins, _ in code if re.search(r"\bLDG\.E\.128", ins)]
     if not loads:
         return None
-    first_load = loads[0]
     best = None
     for address, ins, _ in code:
         branch = re.search(r"\bBRA\b.*`\((\.L_x_\d+)\)", ins)
         if not branch:
             continue
         target = function["labels"].get(branch.group(1))
-        if target is not None and target <= first_load <= address:
+        if target is not None and any(target <= load <= address for load in loads):
             if best is None or address - target < best[1] - best[0]:
                 best = (target, address)
     if best is None:
@@ -194,7 +198,13 @@ def count(cubin, cold):
         d = MANGLED_DTYPE[dtype]
         # This tree's kernels (the fast forward: fixed shifts, 16-byte vectors, int64 labels),
         # or those of the first CUDA version, which had fewer template parameters.
-        if kernel == "forward":
+        # The walks of ForwardWalk (dr_loss_kernels.h); a tree without them has no such rows.
+        walk = {"forward aligned": "0", "forward pipelined": "1"}.get(kernel)
+        if walk is not None:
+            patterns = [rf"forward_aligned_kernelI{d}lLb{walk}EE"]
+            if not any(re.search(patterns[0], name) for name in functions):
+                continue
+        elif kernel == "forward":
             patterns = [rf"forward_partials_kernelI{d}lLi{n}ELb1EE", rf"forward_partials_kernelI{d}lEE"]
         else:
             patterns = [rf"backward_kernelI{d}lLi{n}ELi16EE", rf"backward_kernelI{d}lLi{n}EE"]
