@@ -29,8 +29,9 @@
 #   initcheck            90 s   work items per block among them) under compute-sanitizer, only
 #   synccheck            90 s   this project's kernels instrumented (--kernel-name kns=drloss;
 #                               initcheck instruments every kernel, so that PyTorch's writes count)
-#   benchmark           150 s   N = 8, A = 201,600, C = 80 in float32 and bfloat16: fused,
-#                               fused_pooled, official_pooled, dense_masked, and the copy bandwidth
+#   benchmark           150 s   the host cost per call (benchmark.py --host-time); then N = 8,
+#                               A = 201,600, C = 80 in float32 and bfloat16: fused, fused_pooled,
+#                               official_pooled, dense_masked, and the copy bandwidth
 #   forward_walks        90 s   tools/profile_cuda_kernels.py: the forward's walks (DRLOSS_CUDA_FORWARD:
 #                               general, aligned, pipelined) timed in turn, kernels alone, 3 rounds
 #   training_step       200 s   benchmarks/training_step.py: torchvision RetinaNet ResNet-50 FPN,
@@ -234,6 +235,9 @@ step_benchmark() {
   if [ "$CPU_MODE" = 1 ]; then
     run_benchmark --device cpu --sizes 1x2000x80 --dtypes float32,bfloat16 --providers "$providers" --repeats 5 --warmup 1 --max-seconds 1
   else
+    # The host's cost per call on the GPU (its own table), then the benchmark, whose headline
+    # is the step's last line.
+    "$PY" benchmarks/benchmark.py --host-time --device cuda || exit 1
     run_benchmark --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 --providers "$providers"
   fi
 }
