@@ -30,6 +30,10 @@
 // in a fixed order and writes the loss and the saved statistics. No atomics: the result is
 // bitwise the same from run to run on a given device.
 //
+// The forward's anchor-aligned walks (forward_aligned_kernel; ForwardWalk in dr_loss_kernels.h)
+// do the same arithmetic where every vector lies inside one anchor, with one label per vector
+// and 32-bit positions, and in their pipelined form with the next step's loads in flight.
+//
 // Backward: the same walk; each element recomputes p and its gradient from its group's saved
 // statistics and is written in logits' dtype.
 #include <cuda_bf16.h>
