@@ -13,7 +13,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <string>
+#include <cstring>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -65,10 +65,9 @@ int64_t blocks_per_group_override() {
 cuda::ForwardWalk forward_walk_requested() {
   const char* value = std::getenv("DRLOSS_CUDA_FORWARD");
   if (value == nullptr || value[0] == '\0') return cuda::ForwardWalk::kGeneral;
-  const std::string walk(value);
-  if (walk == "general") return cuda::ForwardWalk::kGeneral;
-  if (walk == "aligned") return cuda::ForwardWalk::kAligned;
-  if (walk == "pipelined") return cuda::ForwardWalk::kPipelined;
+  if (std::strcmp(value, "general") == 0) return cuda::ForwardWalk::kGeneral;
+  if (std::strcmp(value, "aligned") == 0) return cuda::ForwardWalk::kAligned;
+  if (std::strcmp(value, "pipelined") == 0) return cuda::ForwardWalk::kPipelined;
   DRLOSS_CHECK(false, "DRLOSS_CUDA_FORWARD must be general, aligned or pipelined, got '", value,
                "'");
 }

@@ -30,9 +30,10 @@ enum class LabelsType : int { kInt32 = 0, kInt64 = 1 };
 enum class ForwardWalk : int { kGeneral = 0, kAligned = 1, kPipelined = 2 };
 
 // How both passes cut each group into blocks, and what the forward needs. Depends on the
-// shape, the temperatures (which forward kernel runs), the dtypes and the device (multiprocessor
-// count, occupancy), never on the data: a given call on a given device always reduces in the
-// same order and gives bitwise the same result.
+// shape, the temperatures (which forward kernel runs), the dtypes, the walk asked for, the
+// logits' alignment and the device (multiprocessor count, occupancy), never on the data: a
+// given call on a given device always reduces in the same order and gives bitwise the same
+// result.
 struct LaunchPlan {
   int64_t blocks_per_group;   // 0 when there is no element
   int64_t per_block;          // elements per range, a multiple of 16
