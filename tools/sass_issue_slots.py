@@ -11,7 +11,7 @@ Method. The kernel file is compiled with line information (-lineinfo) and disass
 the inline chain of every instruction (nvdisasm -gi). The body loop of a kernel is the
 smallest loop (a backward branch) around one of its 16-byte vector loads; every instruction in it is
 issued once per iteration (predicated ones too), except those whose inline chain passes
-through a source line marked `cold` in the kernel file or the math header: the branches that
+through a source line marked `cold` in the kernel files or the math header: the branches that
 only run for a vector holding a positive, or for a new running max. An iteration handles as
 many vectors of N elements as it has 16-byte loads, so
 
@@ -31,6 +31,7 @@ on an H200 (docs/performance.md, "What bounds each path"), so read it as a lower
 
 import argparse
 import csv
+import glob
 import os
 import re
 import shutil
@@ -43,8 +44,12 @@ ROOT = os.path.dirname(HERE)
 
 
 def sources(root):
-    return (os.path.join(root, "csrc", "cuda", "dr_loss_kernels.cu"),
-            os.path.join(root, "csrc", "dr_loss_math.h"))
+    """The file nvcc compiles, and every file whose lines the kernels' code can come from (the
+    launcher's file, its kernel headers and the math header)."""
+    cuda = os.path.join(root, "csrc", "cuda")
+    kernels = os.path.join(cuda, "dr_loss_kernels.cu")
+    headers = sorted(glob.glob(os.path.join(cuda, "*.cuh")))
+    return kernels, [kernels, *headers, os.path.join(root, "csrc", "dr_loss_math.h")]
 
 # Public figures of the GPUs the project targets; `copy_gbs` is a typical measured
 # device-to-device copy bandwidth (read + write), below the data-sheet peak.
@@ -252,8 +257,10 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cubin = args.cubin or compile_cubin(args.arch, tmp, args.root)
-        kernels, math = sources(args.root)
-        rows = count(cubin, cold_lines(kernels) | cold_lines(math))
+        cold = set()
+        for path in sources(args.root)[1]:
+            cold |= cold_lines(path)
+        rows = count(cubin, cold)
     header = ["kernel", "dtype", "N", "hot instr/elem", "MUFU/elem"]
     header += [f"{name}: % of floor (bound)" for name in GPUS]
     print("| " + " | ".join(header) + " |")
