@@ -32,8 +32,9 @@
 #   benchmark           150 s   the host cost per call (benchmark.py --host-time); then N = 8,
 #                               A = 201,600, C = 80 in float32 and bfloat16: fused, fused_pooled,
 #                               official_pooled, dense_masked, and the copy bandwidth
-#   forward_walks        90 s   tools/profile_cuda_kernels.py: the forward's walks (DRLOSS_CUDA_FORWARD:
-#                               general, aligned, pipelined) timed in turn, kernels alone, 3 rounds
+#   forward_walks       150 s   tests/test_cuda.py with DRLOSS_CUDA_FORWARD=pipelined; then
+#                               tools/profile_cuda_kernels.py: the forward's walks (general,
+#                               aligned, pipelined) timed in turn, kernels alone, 3 rounds
 #   training_step       200 s   benchmarks/training_step.py: torchvision RetinaNet ResNet-50 FPN,
 #                               batch 8, 800x1216, float32 and bfloat16 autocast, with torchvision's
 #                               focal loss, the official DR code and the fused loss ('missing'
@@ -244,6 +245,13 @@ step_benchmark() {
 
 step_forward_walks() {
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  # The CUDA kernels' own tests once more with the pipelined walk wherever it applies (the walk
+  # tests themselves ran in cuda_tests), then the A/B.
+  local workers=()
+  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+  export DRLOSS_CUDA_FORWARD=pipelined
+  pytest_some_pass -q -rs -m cuda "${workers[@]}" tests/test_cuda.py
+  unset DRLOSS_CUDA_FORWARD
   "$PY" tools/profile_cuda_kernels.py --sizes 8x201600x80 --dtypes float32,bfloat16 --blocks 0 \
     --forward-walks general,aligned,pipelined --rounds 3 --repeats 10
 }
@@ -351,7 +359,7 @@ run_step racecheck 90 sanitizer.log
 run_step initcheck 90 sanitizer.log
 run_step synccheck 90 sanitizer.log
 run_step benchmark 150 benchmark.log
-run_step forward_walks 90 benchmark.log
+run_step forward_walks 150 benchmark.log
 run_step training_step 200 retinanet.log
 run_step benchmark_compiled 600 benchmark.log
 
