@@ -7,6 +7,7 @@
 #   bash tools/device_check.sh --cpu   # its plumbing on a machine without a GPU (also DEVICE_CHECK_CPU=1):
 #                                      # the installed extension, the GPU-only steps reported
 #                                      # 'skipped: no GPU', a small CPU benchmark
+#   DEVICE_CHECK_STEPS=build,forward_walks bash tools/device_check.sh   # those steps only
 #
 # Needs python3 (PYTHON=...) with a CUDA torch, pytest, nvcc, ninja, compute-sanitizer; nothing is
 # downloaded. Each step runs under `timeout` with its own limit, cut to what is left before the
@@ -51,6 +52,9 @@ export PY
 [ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
 CPU_MODE=${DEVICE_CHECK_CPU:-0}
 DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
+# A comma-separated subset of the steps to run (a rerun after a first run in the same lease:
+# include build on a fresh machine); unset or empty, all of them.
+SELECTED=${DEVICE_CHECK_STEPS:-}
 # The property tests' fixed examples: a device session is too short to chase a new random case.
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 
@@ -318,7 +322,10 @@ run_step() {
   local name=$1 limit=$2 log="$OUT_DIR/$3"
   local left=$((DEADLINE - (SECONDS - START)))
   local status last secs=0
-  if [ "$left" -lt 5 ]; then
+  if [ -n "$SELECTED" ] && [[ ",$SELECTED," != *",$name,"* ]]; then
+    status="skipped: not selected"
+    last="DEVICE_CHECK_STEPS=$SELECTED"
+  elif [ "$left" -lt 5 ]; then
     status="skipped: out of time"
     last="under 5 s left of the ${DEADLINE} s deadline"
   else
@@ -349,19 +356,33 @@ run_step() {
   lasts+=("$last")
 }
 
+# The steps in order: name, limit in seconds, log file.
+STEPS=(
+  "environment 30 environment.log"
+  "build 240 build.log"
+  "cuda_tests 180 cuda_tests.log"
+  "retinanet 120 retinanet.log"
+  "memcheck 90 sanitizer.log"
+  "racecheck 90 sanitizer.log"
+  "initcheck 90 sanitizer.log"
+  "synccheck 90 sanitizer.log"
+  "benchmark 150 benchmark.log"
+  "forward_walks 150 benchmark.log"
+  "training_step 200 retinanet.log"
+  "benchmark_compiled 600 benchmark.log"
+)
+for wanted in ${SELECTED//,/ }; do
+  if ! printf '%s\n' "${STEPS[@]}" | grep -q "^$wanted "; then
+    echo "device_check: DEVICE_CHECK_STEPS names no step '$wanted' (steps: $(printf '%s\n' "${STEPS[@]}" | cut -d' ' -f1 | paste -sd' ' -))" >&2
+    exit 2
+  fi
+done
+
 echo "device check$([ "$CPU_MODE" = 1 ] && echo ' (CPU mode)'): logs in $OUT_DIR, deadline $DEADLINE s"
-run_step environment 30 environment.log
-run_step build 240 build.log
-run_step cuda_tests 180 cuda_tests.log
-run_step retinanet 120 retinanet.log
-run_step memcheck 90 sanitizer.log
-run_step racecheck 90 sanitizer.log
-run_step initcheck 90 sanitizer.log
-run_step synccheck 90 sanitizer.log
-run_step benchmark 150 benchmark.log
-run_step forward_walks 150 benchmark.log
-run_step training_step 200 retinanet.log
-run_step benchmark_compiled 600 benchmark.log
+for step in "${STEPS[@]}"; do
+  # shellcheck disable=SC2086  # three words: name, limit, log
+  run_step $step
+done
 
 failed=0
 {

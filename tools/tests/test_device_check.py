@@ -25,8 +25,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def device_check(out, python=sys.executable, deadline=None, timeout=300, path=None):
+def device_check(out, python=sys.executable, deadline=None, timeout=300, path=None, steps=None):
     env = dict(os.environ, OUT=str(out), PYTHON=str(python))
+    env.pop("DEVICE_CHECK_STEPS", None)
+    if steps is not None:
+        env["DEVICE_CHECK_STEPS"] = steps
     if python is None:
         del env["PYTHON"]
     if path is not None:
@@ -175,6 +178,23 @@ def test_sanitizer_case_rejects_wrong_values(sanitizer_case, monkeypatch, capsys
     assert sanitizer_case.main(["--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "WRONG" in out and "DIFFER" in out
+
+
+def test_selected_steps_run_and_the_others_are_reported_not_selected(tmp_path):
+    """DEVICE_CHECK_STEPS runs a subset (a rerun in the same lease); the summary still lists every
+    step, in order."""
+    result, _ = device_check(tmp_path, steps="environment,benchmark")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = summary(tmp_path)
+    assert list(rows) == STEPS
+    assert rows["environment"][0] == "ok" and rows["benchmark"][0] == "ok"
+    for step in set(STEPS) - {"environment", "benchmark"}:
+        assert rows[step][0] == "skipped: not selected", (step, rows[step])
+
+
+def test_unknown_selected_step_is_refused(tmp_path):
+    result, _ = device_check(tmp_path, steps="environment,bench")
+    assert result.returncode == 2 and "names no step 'bench'" in result.stderr
 
 
 def test_python3_found_on_path_is_the_one_used_throughout(tmp_path):
