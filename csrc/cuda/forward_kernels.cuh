@@ -25,6 +25,12 @@ struct ForwardSums {
     if (kind == kNegative) neg.add(p, h.s2_neg * p);
     if (kind == kPositive) pos.add(p, h.s2_pos * p);
   }
+
+  // Plain sums of negatives' terms (at most kMaxPlainTerms of them), added with compensation.
+  __device__ __forceinline__ void add_negatives_plain(acc_t z, acc_t w) {
+    compensated_add(neg.z_hi, neg.z_lo, z);
+    compensated_add(neg.w_hi, neg.w_lo, w);
+  }
 };
 
 // A vector with both shifts fixed: p of each element, and the negatives' terms added to the
@@ -74,8 +80,7 @@ __device__ __forceinline__ void fold_fixed(ForwardSums<acc_t>& s, const acc_t (&
   acc_t p[N];
   acc_t z = 0, w = 0;
   add_negatives_fixed<N>(s.h, z, w, x, p, kinds.counted & ~kinds.positive);
-  compensated_add(s.neg.z_hi, s.neg.z_lo, z);
-  compensated_add(s.neg.w_hi, s.neg.w_lo, w);
+  s.add_negatives_plain(z, w);
   add_positives_fixed<N>(s, p, kinds.positive);
 }
 
@@ -195,11 +200,10 @@ struct AlignedVector {
 template <int N, typename label_t>
 __device__ __forceinline__ VectorKinds classify_aligned(label_t label, int column, int classes,
                                                         int64_t first_label) {
-  constexpr uint32_t kAll = (N == 32) ? 0xffffffffu : ((1u << N) - 1u);
   // positive_column gives a column below 2^30, or -1, which the unsigned compare rejects.
   const int offset = static_cast<int>(positive_column(label, classes, first_label)) - column;
   VectorKinds kinds;
-  kinds.counted = label >= 0 ? kAll : 0u;
+  kinds.counted = label >= 0 ? vector_mask<N>() : 0u;
   kinds.positive = static_cast<unsigned>(offset) < unsigned(N) ? 1u << offset : 0u;
   return kinds;
 }
@@ -272,14 +276,12 @@ __global__ void __launch_bounds__(kThreads, kPipelined ? kMinBlocksPerSM - 1 : k
       acc_t z = 0, w = 0;
       add(cur[0], z, w);
       if (kVectorsPerSum == 1) {
-        compensated_add(sums.neg.z_hi, sums.neg.z_lo, z);
-        compensated_add(sums.neg.w_hi, sums.neg.w_lo, w);
+        sums.add_negatives_plain(z, w);
         z = 0;
         w = 0;
       }
       if (k + 1 < mine) add(cur[1], z, w);
-      compensated_add(sums.neg.z_hi, sums.neg.z_lo, z);
-      compensated_add(sums.neg.w_hi, sums.neg.w_lo, w);
+      sums.add_negatives_plain(z, w);
       if (!kPipelined) {
         if (k + 2 < mine) fetch(cur[0]);
         if (k + 3 < mine) fetch(cur[1]);

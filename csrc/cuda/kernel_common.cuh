@@ -131,6 +131,12 @@ struct VectorKinds {
   uint32_t positive;
 };
 
+// The bits of a vector's N elements.
+template <int N>
+constexpr uint32_t vector_mask() {
+  return N == 32 ? 0xffffffffu : (1u << N) - 1u;
+}
+
 // A vector of N elements starting at class column `cls` of the anchor whose label `ya` points
 // at. The launcher guarantees classes >= N, so the vector covers its anchor's columns
 // [cls, cls + b) and, when b = classes - cls < N, the first N - b columns of the next anchor:
@@ -138,7 +144,7 @@ struct VectorKinds {
 template <int N, typename label_t>
 __device__ __forceinline__ VectorKinds classify_vector(const label_t* ya, int cls, int classes,
                                                        int64_t first_label) {
-  constexpr uint32_t kAll = (N == 32) ? 0xffffffffu : ((1u << N) - 1u);
+  constexpr uint32_t kAll = vector_mask<N>();
   const int b = classes - cls;  // >= 1
   const bool crosses = b < N;
   const label_t label0 = load_label(ya);
