@@ -35,6 +35,15 @@ def cuda_only(test):
     return test
 
 
+@pytest.fixture
+def kernel_defaults(monkeypatch):
+    """Outputs poisoned (NaN) before the kernels write them, so an element left unwritten fails,
+    and the CUDA launcher's own split of each group (DRLOSS_CUDA_BLOCKS_PER_GROUP unset): the
+    setting of every kernel test, which a test may change for itself."""
+    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
+    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
+
+
 DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=CUDA_ONLY),

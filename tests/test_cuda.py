@@ -30,19 +30,13 @@ from tolerances import (
     group_relative,
 )
 
-pytestmark = CUDA_ONLY
+pytestmark = [*CUDA_ONLY, pytest.mark.usefixtures("kernel_defaults")]
 
 if CUDA_SKIP_REASON is None:  # importing the ops needs the compiled extension
     from drloss_cuda import reference, sigmoid_dr_loss
     from drloss_cuda.ops import backward_op, forward_op
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
-    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
 
 
 SHAPES = [

@@ -14,16 +14,10 @@ from conftest import CUDA_ONLY
 from kernel_runs import HYPER, assert_cuda_matches_cpu, at_storage_offset, capture_loss_and_backward, make_inputs, run_ops
 from kernel_trace import launched_kernels, template_arguments
 
-pytestmark = CUDA_ONLY
+pytestmark = [*CUDA_ONLY, pytest.mark.usefixtures("kernel_defaults")]
 
 WALKS = ["aligned", "pipelined"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
-    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
 
 
 def forward_kernel_ran(kernels, dtype, label_dtype):

@@ -26,15 +26,11 @@ from kernel_trace import grids_of, launched_kernels, template_arguments, vector_
 from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close
 
 
+pytestmark = pytest.mark.usefixtures("kernel_defaults")
+
 # Below this temperature (1 / 64) a sign's exponent shift is no longer fixed: the forward keeps
 # a running max (csrc/dr_loss_math.h, kFixedShiftLimit).
 FIXED_SHIFT_LIMIT = 64.0
-
-
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setenv("DRLOSS_POISON_OUTPUTS", "1")
-    monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
 
 
 # --- misaligned 16-bit logits at C = 80 -----------------------------------------------------------
