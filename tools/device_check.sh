@@ -140,11 +140,16 @@ pytest_some_pass() {
   echo "$last"
 }
 
-step_cuda_tests() {
-  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+# The CUDA tests of "$@" (4 workers when pytest-xdist is there), failing when none passed.
+pytest_cuda() {
   local workers=()
   "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
-  pytest_some_pass -q -rs -m cuda "${workers[@]}" tests
+  pytest_some_pass -q -rs -m cuda "${workers[@]}" "$@"
+}
+
+step_cuda_tests() {
+  [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
+  pytest_cuda tests
 }
 
 step_retinanet() {
@@ -251,10 +256,8 @@ step_forward_walks() {
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
   # The CUDA kernels' own tests once more with the pipelined walk wherever it applies (the walk
   # tests themselves ran in cuda_tests), then the A/B.
-  local workers=()
-  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
   export DRLOSS_CUDA_FORWARD=pipelined
-  pytest_some_pass -q -rs -m cuda "${workers[@]}" tests/test_cuda.py
+  pytest_cuda tests/test_cuda.py
   unset DRLOSS_CUDA_FORWARD
   "$PY" tools/profile_cuda_kernels.py --sizes 8x201600x80 --dtypes float32,bfloat16 --blocks 0 \
     --forward-walks general,aligned,pipelined --rounds 3 --repeats 10
