@@ -1,8 +1,8 @@
 """The forward's walks (DRLOSS_CUDA_FORWARD; csrc/cuda/dr_loss_kernels.h, ForwardWalk): the
 anchor-aligned walk and its pipelined form, each value-checked against float64 element by
 element and against the CPU kernels, at the shapes that stress their bookkeeping (few vectors
-per thread, an odd count, a jump of fewer vectors than an anchor holds, several work items per
-block); the calls they cannot take fall back to the general walk; the pipelined walk adds
+per thread, an odd count, many per thread, a jump of fewer vectors than an anchor holds, several
+work items per block); the calls they cannot take fall back to the general walk; the pipelined walk adds
 exactly what the aligned walk adds; a bad value is refused. The profiler's trace confirms which
 kernel ran. CUDA only: these skip visibly without a GPU.
 """
@@ -43,6 +43,9 @@ def forward_kernel_ran(kernels, dtype, label_dtype):
         pytest.param((2000, 80), 1, None, id="pooled-2000x80-first-label-1"),
         pytest.param((3, 37, 16), 0, None, id="3x37x16-under-one-vector-per-thread"),
         pytest.param((2, 333, 80), 0, 7, id="2x333x80-7-blocks-odd-vectors"),
+        # one block per group: 26-27 vectors per thread in float32, 13-14 in 16 bits, so the
+        # loop's later steps (and the pipelined walk's loads ahead) run, on odd and even counts
+        pytest.param((2, 333, 80), 0, 1, id="2x333x80-one-block-per-group-long-loop"),
         pytest.param((2, 20, 2048), 1, None, id="2x20x2048-jump-inside-an-anchor"),
         pytest.param((4, 600, 80), 0, 600, id="4x600x80-600-blocks-per-group"),
     ],

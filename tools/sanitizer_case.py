@@ -77,6 +77,8 @@ CASES = (
     Case((2, 257, 80), 0, 1, "mixed", ALIGNED_DTYPES, forward_walk="pipelined"),
     Case((2000, 16), 0, 0, "pooled", (torch.float32, torch.bfloat16), (torch.int64,), forward_walk="pipelined"),
     Case((4, 700, 80), 0, 0, "mixed, several items per block", (torch.float32, torch.bfloat16), (torch.int32,), blocks_per_group=700, forward_walk="pipelined"),
+    # one block per group: 26-27 vectors per thread in float32, 13-14 in bfloat16 (the loop's later steps, the loads ahead)
+    Case((2, 333, 80), 0, 0, "mixed, many vectors per thread", (torch.float32, torch.bfloat16), (torch.int64,), blocks_per_group=1, forward_walk="pipelined"),
 )
 # The variables each case sets for its own calls.
 CASE_VARIABLES = ("DRLOSS_CUDA_BLOCKS_PER_GROUP", "DRLOSS_CUDA_FORWARD")
@@ -183,7 +185,7 @@ def main(argv=None):
         name = f"{str(dtype)[6:]:8} {str(label_dtype)[6:]:5} {'x'.join(map(str, case.shape)):9} offset {case.offset} first_label {case.first_label}"
         extra = "".join([
             "" if case.hyper == HYPER else f", lambdas {case.hyper[0]:g}/{case.hyper[1]:g}",
-            f", {case.blocks_per_group} blocks per group" if case.blocks_per_group else "",
+            f", {case.blocks_per_group} block{'s' if case.blocks_per_group > 1 else ''} per group" if case.blocks_per_group else "",
             f", {case.forward_walk} forward walk" if case.forward_walk else "",
         ])
         print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({case.labels_kind}{extra})")
