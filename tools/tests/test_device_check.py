@@ -17,7 +17,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "device_check.sh"
-STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "initcheck", "synccheck", "benchmark", "forward_walks", "training_step", "benchmark_compiled"]
+STEPS = ["environment", "build", "cuda_tests", "retinanet", "memcheck", "racecheck", "initcheck", "synccheck", "benchmark", "training_step", "forward_walks", "benchmark_compiled"]
 LOGS = {"environment.log", "build.log", "cuda_tests.log", "retinanet.log", "sanitizer.log", "benchmark.log", "benchmark.csv", "summary.md"}
 
 pytestmark = pytest.mark.skipif(
