@@ -13,10 +13,10 @@ Three classification losses, each in float32 and under bfloat16 autocast:
 
 For each: the median time of a training step (forward, backward, SGD step; synchronized) over
 --steps steps after --warmup, and the median time of the classification loss alone (its forward
-and backward through the head's compute_loss, on the head outputs and anchor matches of one of
-those steps): its share of the step. On those same logits and labels the fused loss is checked
-against drloss_cuda.reference in float64 (loss and gradient) before anything is timed; the run
-exits with status 1 when it differs. Prints one Markdown table with a line of provenance, then
+and backward through the head's compute_loss, on the head outputs and anchor matches of the
+last of those steps): its share of the step. On those same logits and labels the fused loss is
+checked against drloss_cuda.reference in float64 (loss and gradient) before the loss alone is
+timed; the run exits with status 1 when it differs. Prints one Markdown table with a line of provenance, then
 a one-line headline.
 """
 

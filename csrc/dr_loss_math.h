@@ -18,11 +18,11 @@
 //     normal float, and no max has to be found. A larger |s| (a temperature below 1/64) is
 //     shifted by the running max of its exponents. The saved statistics hold that m.
 //  2. Summation. Terms are computed in the accumulation type (float, double for double logits).
-//     A plain sum covers at most kMaxPlainTerms terms (one 16-byte vector of logits on the GPU,
-//     a single term on the CPU); those partial sums are added with compensation (Kahan), so the
-//     error does not grow with the number of terms (a dense column of 2048 equal positives
-//     added one by one in float would be off by ~1e-4). Partials of blocks and chunks are merged
-//     in double, in a fixed order.
+//     A plain sum covers at most kMaxPlainTerms terms (a 16-byte vector of logits on the GPU,
+//     or two of float32 in its aligned walks; a lane's 8 rows of a block on the CPU); those
+//     partial sums are added with compensation (Kahan), so the error does not grow with the
+//     number of terms (a dense column of 2048 equal positives added one by one in float would
+//     be off by ~1e-4). Partials of blocks and chunks are merged in double, in a fixed order.
 //  3. Backward coefficient. An element's gradient is (slope / Z) * 2^(t - m) * ...; with a fixed
 //     shift Z can be as small as 2^-93, and the slope g tau sigmoid(L d) can exceed float's range
 //     itself (a loss scaled by 1e38, tau = 1e39), though the gradient elements are finite (each

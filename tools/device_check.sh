@@ -18,13 +18,14 @@
 # (step, status, seconds, last line) is printed last; the exit status is 1 when a step failed or
 # timed out ('skipped' and 'missing' are reported, not failures).
 #
-# Steps and their limits (the time each takes on an H100 is in benchmarks/results/h100/summary.md):
+# Steps and their limits (the times of the latest GPU run, for the steps it had, are in
+# benchmarks/results/<gpu>/summary.md):
 #   environment          30 s   GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
 #   build               240 s   `pip install --no-index --no-build-isolation --no-deps -e .` with ninja,
 #                               MAX_JOBS=nproc and the GPU's own architecture only
 #   cuda_tests          180 s   `pytest -m cuda` (4 workers when pytest-xdist is there)
-#   retinanet           120 s   one torchvision RetinaNet training step on CUDA, fused against the
-#                               reference ('missing' if that test is absent)
+#   retinanet           120 s   a torchvision RetinaNet on CUDA: the fused loss against the
+#                               reference, then 6 SGD steps ('missing' if that test is absent)
 #   memcheck             90 s   tools/sanitizer_case.py (small cases, every value checked against
 #   racecheck            90 s   float64; misaligned 16-bit logits, running-max kernels and several
 #   initcheck            90 s   work items per block among them) under compute-sanitizer, only

@@ -10,5 +10,6 @@
   arithmetic pace)
 - run: measures every point and makes the rows
 - csv_rows, table, plots: the reports
+- host_time: the host's cost per call (--host-time), beside native ops
 - options: the command line (one add_*_arguments function per group of flags)
 """
