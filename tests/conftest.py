@@ -44,6 +44,14 @@ def kernel_defaults(monkeypatch):
     monkeypatch.delenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", raising=False)
 
 
+@pytest.fixture
+def general_forward_walk(monkeypatch):
+    """The CUDA forward's general walk (DRLOSS_CUDA_FORWARD unset), for the tests that check
+    which of its kernels ran; the other kernel tests take the walk the variable names (the
+    device check reruns tests/test_cuda.py with it set)."""
+    monkeypatch.delenv("DRLOSS_CUDA_FORWARD", raising=False)
+
+
 DEVICES = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=CUDA_ONLY),

@@ -10,7 +10,6 @@ the kernels write them, so an element a kernel forgets to write fails the compar
 Tolerances are per element (tests/tolerances.py).
 """
 
-import json
 import math
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 
 from conftest import CUDA_ONLY, CUDA_SKIP_REASON
 from kernel_runs import HYPER, assert_cuda_matches_cpu, capture_loss_and_backward, assert_run_matches_float64, float64_eval, make_inputs, run_ops
+from kernel_trace import grids_of, launched_kernels
 from tolerances import (
     DEFAULTS,
     assert_elementwise,
@@ -224,18 +224,6 @@ def test_extreme_logits_and_small_lambdas(generator, lambdas):
 # --- launch shapes ------------------------------------------------------------------------------
 
 
-def _forward_grids(trace_path):
-    """Launch grids of the forward's partial-reduction kernel in a chrome trace, or None when the
-    profiler does not report grids."""
-    with open(trace_path) as f:
-        events = json.load(f).get("traceEvents", [])
-    kernels = [e for e in events if e.get("cat") == "kernel"]
-    if not kernels or not all("grid" in e.get("args", {}) for e in kernels):
-        return None
-    forward = [e for e in kernels if "forward" in e["name"].lower() and "final" not in e["name"].lower()]
-    return [math.prod(e["args"]["grid"]) for e in forward]
-
-
 def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
     """DRLOSS_CUDA_BLOCKS_PER_GROUP=k sets the forward's blocks per group at each call. Every k,
     with one block, a few, and more blocks than the group has 16-element ranges (empty trailing
@@ -251,21 +239,16 @@ def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
         monkeypatch.setenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", str(k))
         results[k] = run_ops(x, y, 0, g)
         assert_run_matches_float64(x, y, 0, results[k], ref)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            run_ops(x, y, 0, g)
-            torch.cuda.synchronize()
-        trace = tmp_path / f"k{k}.json"
-        prof.export_chrome_trace(str(trace))
-        grids = _forward_grids(trace)
-        if grids is not None:  # the override reached the launch
-            # The grid is G * k blocks, capped at one wave of the device (at least one block per
-            # multiprocessor): G * k exactly while that is below the multiprocessor count.
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            assert len(grids) == 1, f"k = {k}: forward grid sizes {grids}"
-            if shape[0] * k <= sms:
-                assert grids == [shape[0] * k], f"k = {k}: forward grid sizes {grids}"
-            else:
-                assert sms <= grids[0] <= shape[0] * k, f"k = {k}: forward grid sizes {grids}"
+        _, kernels = launched_kernels(lambda: run_ops(x, y, 0, g), tmp_path / f"k{k}.json")
+        # The grid is G * k blocks, capped at one wave of the device (at least one block per
+        # multiprocessor): G * k exactly while that is below the multiprocessor count.
+        grids = grids_of(kernels, "forward_(?:partials|aligned)_kernel")
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        assert len(grids) == 1, f"k = {k}: forward grid sizes {grids}"
+        if shape[0] * k <= sms:
+            assert grids == [shape[0] * k], f"k = {k}: forward grid sizes {grids}"
+        else:
+            assert sms <= grids[0] <= shape[0] * k, f"k = {k}: forward grid sizes {grids}"
     losses = torch.stack([r[0] for r in results.values()]).cpu().double()
     for row in losses[1:]:
         assert_loss_close(row, losses[0], torch.float32, what="loss against k = 1")

@@ -26,7 +26,7 @@ from kernel_trace import grids_of, launched_kernels, template_arguments, vector_
 from tolerances import DEFAULTS, assert_grad_close, assert_half_grad_close, assert_loss_close
 
 
-pytestmark = pytest.mark.usefixtures("kernel_defaults")
+pytestmark = pytest.mark.usefixtures("kernel_defaults", "general_forward_walk")
 
 # Below this temperature (1 / 64) a sign's exponent shift is no longer fixed: the forward keeps
 # a running max (csrc/dr_loss_math.h, kFixedShiftLimit).
