@@ -12,36 +12,29 @@ vector walk with element-wise logit loads), temperatures below 1/64 (the running
 forward, with vectors and element by element) and more work items than the grid has blocks
 (DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores), and the forward's anchor-aligned and
 pipelined walks (DRLOSS_CUDA_FORWARD, which the CPU ignores too). Outputs are poisoned (NaN) before the
-kernels write them. For each case the per-group losses and the gradient (for a random upstream
-gradient) are compared with drloss_cuda.reference run in float64 on the CPU, on the same
-(rounded) logits. Exits 1 if any case differs: the sanitizer's exit code says whether memory
-was accessed correctly, this one whether the results are right.
+kernels write them. For each case the per-group losses, the statistics and the gradient (for a
+random upstream gradient) are checked against float64 on the CPU, on the same (rounded)
+logits, element by element with the tests' bounds (tests/kernel_runs.py,
+assert_run_matches_float64; a 16-bit gradient against the float32 run of the same logits).
+Exits 1 if any case differs: the sanitizer's exit code says whether memory was accessed
+correctly, this one whether the results are right.
 """
 
 import argparse
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from drloss_cuda import ops, reference
-from drloss_cuda._common import DEFAULT_L, DEFAULT_MARGIN, DEFAULT_NEG_LAMBDA, DEFAULT_POS_LAMBDA, DEFAULT_TAU
+# The tests' float64 evaluation and per-element bounds: one check for the tests and these cases.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kernel_runs import HYPER, assert_run_matches_float64, float64_eval, run_ops  # noqa: E402
 
-HYPER = (DEFAULT_POS_LAMBDA, DEFAULT_NEG_LAMBDA, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-# (loss relative tolerance, gradient relative tolerance): an element passes when
-# |got - ref| <= rtol * |ref| + rtol * max|ref| (of the case's losses, or gradient). float16 and
-# bfloat16 logits accumulate in float32; their gradient is rounded to the logits' dtype.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-9),
-    torch.float32: (2e-5, 2e-4),
-    torch.float16: (2e-5, 2e-3),
-    torch.bfloat16: (2e-5, 1.6e-2),
-}
-
-RUNNING_MAX_HYPER = (1e-3, 1e-3, DEFAULT_L, DEFAULT_TAU, DEFAULT_MARGIN)  # both temperatures below 1/64
+RUNNING_MAX_HYPER = (1e-3, 1e-3, *HYPER[2:])  # both temperatures below 1/64
 HALF = (torch.float16, torch.bfloat16)
 ALIGNED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the dtypes the aligned walks take
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -109,36 +102,14 @@ def on_device(tensor, device, offset):
 
 
 def run_kernels(logits, labels, grad_losses, first_label, hyper=HYPER):
-    """The fused forward and backward ops, as the loss calls them."""
-    losses, stats = ops.forward_op(logits, labels, *hyper, first_label)
-    grad = ops.backward_op(grad_losses, logits, labels, stats, *hyper, first_label)
-    return losses, grad
-
-
-def expected(logits, labels, grad_losses, first_label, hyper=HYPER):
-    """float64 per-group losses and gradient of sum(losses * grad_losses), on the CPU."""
-    x = logits.double().requires_grad_(True)
-    hyper = dict(zip(("pos_lambda", "neg_lambda", "L", "tau", "margin"), hyper))
-    losses = reference.sigmoid_dr_loss(x, labels.long(), reduction="none", first_label=first_label, **hyper)
-    (grad,) = torch.autograd.grad((losses * grad_losses.double()).sum(), x, allow_unused=True)
-    return losses.detach(), torch.zeros_like(x) if grad is None else grad
-
-
-def worst_error(got, want, rtol):
-    """Largest |got - want| / (rtol * |want| + rtol * max|want|) over the elements: <= 1 passes;
-    NaN (an unwritten, poisoned element) or a wrong shape gives inf."""
-    if got.shape != want.shape:
-        return float("inf")
-    if want.numel() == 0:
-        return 0.0
-    got = got.detach().cpu().double()
-    bound = rtol * want.abs() + rtol * want.abs().max()
-    ratio = (got - want).abs() / bound.clamp_min(1e-300)
-    ratio = torch.where(torch.isnan(got), float("inf"), ratio)
-    return ratio.max().item()
+    """(losses, stats, gradient, upstream gradient): the fused forward and backward ops, as the
+    loss calls them."""
+    return run_ops(logits, labels, first_label, grad_losses, hyper)
 
 
 def check_case(device, dtype, label_dtype, case, generator):
+    """None when the case's results match float64, else what differs (the first line of the
+    check's message)."""
     logits, labels = make_case(case.shape, dtype, label_dtype, case.first_label, case.labels_kind, generator)
     groups = case.shape[0] if len(case.shape) == 3 else 1
     grad_losses = torch.rand(groups, generator=generator) + 0.5
@@ -147,17 +118,18 @@ def check_case(device, dtype, label_dtype, case, generator):
         if value:
             os.environ[name] = str(value)
     try:
-        losses, grad = run_kernels(on_device(logits, device, case.offset), labels.to(device), grad_losses.to(device, acc), case.first_label, case.hyper)
+        x, y = on_device(logits, device, case.offset), labels.to(device)
+        result = run_kernels(x, y, grad_losses.to(device, acc), case.first_label, case.hyper)
+        ref = float64_eval(logits, labels, case.first_label, grad_losses, case.hyper)
+        assert_run_matches_float64(x, y, case.first_label, result, ref, case.hyper)
         if device == "cuda":
             torch.cuda.synchronize()
+    except AssertionError as error:
+        return str(error).splitlines()[0] if str(error) else "a check failed"
     finally:
         for name in CASE_VARIABLES:
             os.environ.pop(name, None)
-    want_losses, want_grad = expected(logits, labels, grad_losses, case.first_label, case.hyper)
-    loss_rtol, grad_rtol = TOLERANCES[dtype]
-    if grad.dtype != dtype:
-        return float("inf"), float("inf")
-    return worst_error(losses, want_losses, loss_rtol), worst_error(grad, want_grad, grad_rtol)
+    return None
 
 
 def case_runs():
@@ -173,13 +145,13 @@ def main(argv=None):
     os.environ["DRLOSS_POISON_OUTPUTS"] = "1"  # the ops read it at each call
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator().manual_seed(seed)
-    print(f"sanitizer cases on {args.device}, seed {seed}; errors are in units of the tolerance (<= 1 passes)")
+    print(f"sanitizer cases on {args.device}, seed {seed}; each checked against float64 element by element")
     wrong = total = 0
     for name in CASE_VARIABLES:  # each case sets its own
         os.environ.pop(name, None)
     for dtype, label_dtype, case in case_runs():
-        loss_err, grad_err = check_case(args.device, dtype, label_dtype, case, generator)
-        good = loss_err <= 1 and grad_err <= 1
+        wrong_because = check_case(args.device, dtype, label_dtype, case, generator)
+        good = wrong_because is None
         total += 1
         wrong += not good
         name = f"{str(dtype)[6:]:8} {str(label_dtype)[6:]:5} {'x'.join(map(str, case.shape)):9} offset {case.offset} first_label {case.first_label}"
@@ -188,7 +160,7 @@ def main(argv=None):
             f", {case.blocks_per_group} block{'s' if case.blocks_per_group > 1 else ''} per group" if case.blocks_per_group else "",
             f", {case.forward_walk} forward walk" if case.forward_walk else "",
         ])
-        print(f"{name}: loss {loss_err:.3g}, gradient {grad_err:.3g}: {'ok' if good else 'WRONG'} ({case.labels_kind}{extra})")
+        print(f"{name}: {'ok' if good else 'WRONG'} ({case.labels_kind}{extra}){'' if good else ': ' + wrong_because}")
     print(f"{total - wrong} of {total} cases match float64" + ("" if not wrong else f"; {wrong} DIFFER"))
     return 1 if wrong else 0
 
