@@ -126,7 +126,6 @@ def parse_functions(text):
     functions = {}
     current = None
     chain = []
-    labels = {}
     for raw in text.splitlines():
         header = re.match(r"^\.text\.(\S+):$", raw)
         if header:
