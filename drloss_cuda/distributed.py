@@ -51,9 +51,12 @@ def reduce_stats(stats, process_group):
     and the global E falls back to the same defaults (E_neg = 0, E_pos = 1) when no process has
     an element of that sign.
     """
-    local_m = stats[0, [NEG_MAX, POS_MAX]]
-    local_z = stats[0, [NEG_SUM, POS_SUM]]
-    local_e = stats[0, [NEG_MEAN, POS_MEAN]]
+    # [negatives, positives] of each statistic: strided views (an index list would be copied
+    # from the host to a CUDA device, a synchronization at every call).
+    stride = POS_MAX - NEG_MAX
+    local_m = stats[0, NEG_MAX::stride]
+    local_z = stats[0, NEG_SUM::stride]
+    local_e = stats[0, NEG_MEAN::stride]
 
     global_m = local_m.clone()
     dist.all_reduce(global_m, op=dist.ReduceOp.MAX, group=process_group)
@@ -68,7 +71,7 @@ def reduce_stats(stats, process_group):
     dist.all_reduce(z_and_w, op=dist.ReduceOp.SUM, group=process_group)
     global_z, global_w = z_and_w[:2], z_and_w[2:]
 
-    defaults = torch.tensor([0.0, 1.0], dtype=stats.dtype, device=stats.device)
+    defaults = torch.arange(2, dtype=stats.dtype, device=stats.device)  # E_neg = 0, E_pos = 1
     global_e = torch.where(global_z > 0, global_w / torch.where(global_z > 0, global_z, 1), defaults)
     return torch.stack([global_m[0], global_z[0], global_e[0], global_m[1], global_z[1], global_e[1]]).reshape(1, NUM_STATS)
 

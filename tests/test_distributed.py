@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import drloss_cuda
+from conftest import cuda_only
 from drloss_cuda import reference
 from drloss_cuda.distributed import global_mean_scale
 from tolerances import DEFAULTS, assert_grad_close, assert_loss_close, dense_float64
@@ -182,6 +183,31 @@ def test_pooled_loss_keeps_its_accuracy_at_a_negative_margin(world_of_one, gener
         want = dense_float64(x, y, **hyper).losses[0]
         got = drloss_cuda.sigmoid_dr_loss(x, y, margin=margin, process_group=world_of_one)
         assert_loss_close(got, want, torch.float32, what=f"pooled loss at margin {margin}")
+
+
+@cuda_only
+def test_pooled_loss_on_cuda_makes_no_host_synchronization(world_of_one, monkeypatch, generator):
+    """The pooled loss's own work on a CUDA device (the merge of the statistics, the loss, the
+    backward) neither waits for the device nor copies from the host, and gives float64's loss
+    and gradient. A world of one all-reduces a tensor to itself, so the collective is replaced
+    by that identity: only this package's code is watched (gloo stages CUDA tensors through the
+    host)."""
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None, group=None: None)
+    x_cpu = torch.randn(3000, 80) * 3
+    y_cpu = torch.randint(-1, 81, (3000,))
+    x, y = x_cpu.cuda().requires_grad_(True), y_cpu.cuda()
+    drloss_cuda.sigmoid_dr_loss(x, y, process_group=world_of_one).backward()  # first-call work
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = drloss_cuda.sigmoid_dr_loss(x, y, process_group=world_of_one)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    want = dense_float64(x_cpu, y_cpu, **DEFAULTS, first_label=0)
+    assert_loss_close(loss.reshape(1), want.losses, torch.float32)
+    assert_grad_close(x.grad, want.grad, torch.float32, want.bound)
 
 
 # --------------------------------------------------------------------------------------------
