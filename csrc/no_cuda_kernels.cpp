@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "build_record.h"
+#include "dr_loss.h"
 #include "messages.h"
 
 namespace drloss {
@@ -22,15 +23,23 @@ namespace {
   std::abort();  // not reached: DRLOSS_CHECK(false, ...) throws
 }
 
-std::tuple<at::Tensor, at::Tensor> forward_without_cuda(const at::Tensor&, const at::Tensor&,
-                                                        double, double, double, double, double,
-                                                        int64_t) {
+// The arguments are checked first: a CUDA tensor among CPU ones reaches these kernels too, and
+// is a device mismatch, not a CUDA call.
+std::tuple<at::Tensor, at::Tensor> forward_without_cuda(const at::Tensor& logits,
+                                                        const at::Tensor& labels,
+                                                        double pos_lambda, double neg_lambda,
+                                                        double L, double tau, double margin,
+                                                        int64_t first_label) {
+  check_forward_args(logits, labels, {pos_lambda, neg_lambda, L, tau, margin, first_label});
   no_cuda_kernels();
 }
 
-at::Tensor backward_without_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&, double, double, double, double, double,
-                                 int64_t) {
+at::Tensor backward_without_cuda(const at::Tensor& grad_losses, const at::Tensor& logits,
+                                 const at::Tensor& labels, const at::Tensor& stats,
+                                 double pos_lambda, double neg_lambda, double L, double tau,
+                                 double margin, int64_t first_label) {
+  check_backward_args(grad_losses, logits, labels, stats,
+                      {pos_lambda, neg_lambda, L, tau, margin, first_label});
   no_cuda_kernels();
 }
 

@@ -216,6 +216,11 @@ def test_cuda_tensors_in_a_build_without_cuda_kernels_are_told_why():
         message = str(error.value)
         assert "this build of drloss_cuda has no CUDA kernels" in message
         assert info["cuda_absent_reason"] in message and "python -m drloss_cuda" in message
+    # CPU logits with labels elsewhere (a CUDA tensor among CPU ones reaches these kernels too):
+    # the device mismatch is what is wrong, and what the error says.
+    with pytest.raises(RuntimeError, match="device") as error:
+        forward.redispatch(cuda, logits, labels.to("meta"), *hyper)
+    assert "no CUDA kernels" not in str(error.value)
 
 
 def test_build_without_torch_fails_with_a_message_not_a_traceback():
