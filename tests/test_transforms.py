@@ -2,7 +2,7 @@
 torch.compile, compiled autograd, torch.export with dynamic dimensions, torch.library.opcheck,
 the batching rule, and forward-mode AD refused in the project's words wherever it is asked for.
 (tests/test_input_handling.py and tests/test_compile_autocast.py cover grad, vjp, jacrev, vmap,
-compile and autocast one at a time.)"""
+compile and autocast one at a time.) Compiled grad, compiled autograd and opcheck run on CUDA too."""
 
 import warnings
 
@@ -23,14 +23,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def problem(generator, shape=(2, 6, 3)):
+def problem(generator, shape=(2, 6, 3), device="cpu"):
     x = torch.randn(shape, dtype=torch.float64)
     y = torch.randint(-1, shape[-1] + 1, shape[:-1])
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def close(got, want):
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-10, atol=1e-14)
 
 
 def reference_grads(xb, y):
@@ -38,8 +38,8 @@ def reference_grads(xb, y):
 
 
 @pytest.mark.parametrize("fullgraph", [False, True], ids=["graph_breaks_allowed", "fullgraph"])
-def test_compiled_func_grad(generator, fullgraph):
-    x, y = problem(generator)
+def test_compiled_func_grad(generator, device, fullgraph):
+    x, y = problem(generator, device=device)
     compiled = torch.compile(torch.func.grad(lambda t: sigmoid_dr_loss(t, y)), fullgraph=fullgraph)
     close(compiled(x), torch.func.grad(lambda t: reference.sigmoid_dr_loss(t, y))(x))
 
@@ -63,9 +63,9 @@ def test_compiled_forward_and_backward_with_fullgraph(generator, dynamic):
         close(xg.grad, xr.grad)
 
 
-def test_compiled_autograd(generator):
+def test_compiled_autograd(generator, device):
     # The backward node implements compiled autograd's hooks (csrc/autograd.cpp).
-    x, y = problem(generator)
+    x, y = problem(generator, device=device)
     xg = x.clone().requires_grad_(True)
     loss = sigmoid_dr_loss(xg, y)
     with torch._dynamo.compiled_autograd._enable(torch.compile(backend="aot_eager", fullgraph=True)):
@@ -85,11 +85,11 @@ def test_export_keeps_dynamic_dimensions(generator):
     close(exported.module()(x2, y2), reference.sigmoid_dr_loss(x2, y2, reduction="none"))
 
 
-def test_opcheck_both_ops(generator):
-    x, y = problem(generator)
+def test_opcheck_both_ops(generator, device):
+    x, y = problem(generator, device=device)
     torch.library.opcheck(ops.forward_op, (x.clone().requires_grad_(True), y, *HYPER))
     _, stats = ops.forward_op(x, y, *HYPER)
-    torch.library.opcheck(ops.backward_op, (torch.rand(2, dtype=x.dtype), x, y, stats, *HYPER))
+    torch.library.opcheck(ops.backward_op, (torch.rand(2, dtype=x.dtype, device=device), x, y, stats, *HYPER))
 
 
 def test_vmap_runs_the_batching_rule_not_the_fallback(generator):
