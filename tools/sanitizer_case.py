@@ -94,7 +94,9 @@ def make_case(shape, dtype, label_dtype, first_label, labels_kind, generator):
 
 
 def on_device(tensor, device, offset):
-    """A contiguous copy on `device` that starts `offset` elements into its storage."""
+    """A contiguous copy on `device` that starts `offset` elements into its storage, which ends
+    where the tensor does (unlike the tests' at_storage_offset, which pads it with NaN): with the
+    caching allocator off, memcheck then sees any read past the last element."""
     storage = torch.empty(tensor.numel() + offset, dtype=tensor.dtype, device=device)
     view = storage[offset:].view(tensor.shape)
     view.copy_(tensor)
