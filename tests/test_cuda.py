@@ -11,6 +11,7 @@ Tolerances are per element (tests/tolerances.py).
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -254,6 +255,36 @@ def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
         assert_loss_close(row, losses[0], torch.float32, what="loss against k = 1")
     for k, r in results.items():
         assert_stats_close(r[1], results[1][1], ref, torch.float32, f"stats of k = {k} against k = 1")
+
+
+# The measurement switches (docs/design.md, "Debugging and measurement switches"): a bad value and the message it gets.
+BAD_SWITCHES = {
+    "DRLOSS_CUDA_FORWARD": ("fast", "DRLOSS_CUDA_FORWARD must be general, aligned or pipelined, got 'fast'"),
+    "DRLOSS_CUDA_BLOCKS_PER_GROUP": ("0", "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '0'"),
+}
+
+
+@pytest.mark.parametrize("shape", [(1, 10, 80), (0, 10, 80), (2, 0, 80)], ids=["images", "no_images", "no_anchors"])
+@pytest.mark.parametrize("switch", list(BAD_SWITCHES))
+def test_a_bad_switch_is_refused_at_every_call(monkeypatch, shape, switch):
+    """Each switch is read and checked at every call that reads it, a call without work
+    included: the forward reads both, the backward the blocks per group (its walk is always
+    the general one, so a bad walk leaves it alone)."""
+    value, message = BAD_SWITCHES[switch]
+    logits, labels = make_inputs(shape)
+    x, y = logits.cuda().requires_grad_(True), labels.cuda()
+    monkeypatch.setenv(switch, value)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        sigmoid_dr_loss(x, y, reduction="none")
+    monkeypatch.delenv(switch)
+    loss = sigmoid_dr_loss(x, y, reduction="sum")
+    monkeypatch.setenv(switch, value)
+    if switch == "DRLOSS_CUDA_BLOCKS_PER_GROUP":
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            loss.backward()
+    else:
+        loss.backward()
+        assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
 
 
 def test_many_groups(generator):

@@ -3,8 +3,8 @@ anchor-aligned walk and its pipelined form, each value-checked against float64 e
 element and against the CPU kernels, at the shapes that stress their bookkeeping (few vectors
 per thread, an odd count, many per thread, a jump of fewer vectors than an anchor holds, several
 work items per block); the calls they cannot take fall back to the general walk; the pipelined walk adds
-exactly what the aligned walk adds; a bad value is refused. The profiler's trace confirms which
-kernel ran. CUDA only: these skip visibly without a GPU.
+exactly what the aligned walk adds. The profiler's trace confirms which kernel ran (a bad
+value of the switch: tests/test_cuda.py). CUDA only: these skip visibly without a GPU.
 """
 
 import pytest
@@ -123,11 +123,3 @@ def test_graph_capture_with_an_aligned_walk(generator, monkeypatch, tmp_path, wa
     assert torch.equal(static_loss, eager_loss.detach())
     assert torch.equal(static_grad, eager.grad)
 
-
-def test_unknown_walk_is_refused(monkeypatch):
-    from drloss_cuda import sigmoid_dr_loss
-
-    monkeypatch.setenv("DRLOSS_CUDA_FORWARD", "fast")
-    logits, labels = make_inputs((1, 10, 80), device="cuda")
-    with pytest.raises(RuntimeError, match="DRLOSS_CUDA_FORWARD must be general, aligned or pipelined, got 'fast'"):
-        sigmoid_dr_loss(logits, labels)

@@ -101,10 +101,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   at::Tensor stats = at::empty({problem.groups, kNumStats}, acc_options);
   poison_if_requested(losses);
   poison_if_requested(stats);
-  if (problem.groups == 0) return {losses, stats};
-
+  // Planned before the early return, so that a bad switch is refused at every call.
   const cuda::LaunchPlan plan =
       plan_call(logits, labels, problem, options, forward_walk_requested());
+  if (problem.groups == 0) return {losses, stats};
+
   at::Tensor workspace = at::empty({plan.workspace_doubles}, logits.options().dtype(at::kDouble));
   // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
   C10_CUDA_CHECK(cuda::launch_forward(
@@ -131,10 +132,10 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
   const at::Tensor stats = stats_in.contiguous();
   at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
   poison_if_requested(grad_logits);
-  if (grad_logits.numel() == 0) return grad_logits;
-
   const cuda::LaunchPlan plan =
       plan_call(logits, labels, problem, options, cuda::ForwardWalk::kGeneral);
+  if (grad_logits.numel() == 0) return grad_logits;
+
   C10_CUDA_CHECK(cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(), problem,
