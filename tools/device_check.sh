@@ -39,10 +39,10 @@
 #                               focal loss, the official DR code and the fused loss ('missing'
 #                               without torchvision)
 #   forward_walks       180 s   the forward's opt-in walks (aligned, pipelined): tests/test_cuda.py
-#                               with DRLOSS_CUDA_FORWARD=pipelined; the fused calls of the
-#                               benchmark step with each walk (whole calls against the floor; their
-#                               CSV rows are not kept); then tools/profile_cuda_kernels.py: the
-#                               three walks timed in turn, kernels alone, 3 rounds
+#                               with DRLOSS_CUDA_FORWARD=pipelined; the benchmark's fused call with
+#                               each walk, interleaved in one run (whole calls against the floor;
+#                               their CSV rows are not kept); then tools/profile_cuda_kernels.py:
+#                               the three walks timed in turn, kernels alone, 3 rounds
 #   benchmark_compiled  rest    fused and dense_masked_compiled at the same points, as far as
 #                               --budget allows (inductor compiles one graph per dtype)
 set -u
@@ -272,17 +272,16 @@ step_forward_walks() {
   # tests themselves ran in cuda_tests).
   export DRLOSS_CUDA_FORWARD=pipelined
   pytest_cuda tests/test_cuda.py
-  # Each walk's whole call (its finalize and launch gaps included) against the floor, as the
-  # benchmark step measured the default walk; the rows go to a scratch CSV, not benchmark.csv.
-  local walk scratch
-  scratch=$(mktemp -d)
-  for walk in aligned pipelined; do
-    echo "--- the fused calls with DRLOSS_CUDA_FORWARD=$walk"
-    DRLOSS_CUDA_FORWARD=$walk "$PY" benchmarks/benchmark.py --device cuda --sizes 8x201600x80 \
-      --dtypes float32,bfloat16 --providers fused,fused_pooled --out-dir "$scratch" --no-plot || exit 1
-  done
-  rm -rf "$scratch"
   unset DRLOSS_CUDA_FORWARD
+  # Each walk's whole call (its finalize and launch gaps included) against the floor, the three
+  # walks' calls interleaved in one run (fused speedup: general / walk); the rows go to a
+  # scratch CSV, not benchmark.csv.
+  local scratch
+  scratch=$(mktemp -d)
+  echo "--- the fused calls with each forward walk"
+  "$PY" benchmarks/benchmark.py --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 \
+    --providers fused,fused_aligned,fused_pipelined --out-dir "$scratch" --no-plot || exit 1
+  rm -rf "$scratch"
   # The A/B of the kernels alone; its one-line comparison of the walks is the step's last line.
   "$PY" tools/profile_cuda_kernels.py --sizes 8x201600x80 --dtypes float32,bfloat16 --blocks 0 \
     --forward-walks general,aligned,pipelined --rounds 3 --repeats 10

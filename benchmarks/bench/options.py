@@ -89,7 +89,7 @@ def build_parser():
 def add_measure_arguments(g):
     g.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="where to run (default auto: cuda when a GPU is available, else cpu)")
     g.add_argument("--quick", action="store_true", help="the demo: one small size (2x3000x80 on the CPU, 2x20000x80 on CUDA), eager providers unless named, short timing, no plots")
-    g.add_argument("--providers", metavar="NAMES", help=f"comma-separated subset of: {', '.join(PROVIDERS)} (default: all; --quick: all but the compiled ones)")
+    g.add_argument("--providers", metavar="NAMES", help=f"comma-separated subset of: {', '.join(PROVIDERS)} (default: all but the named-only variants; --quick: all but those and the compiled ones)")
     g.add_argument("--modes", default=",".join(MODES), metavar="MODES", help="comma-separated subset of: forward (the loss alone), forward_backward (the loss and its gradient); default both")
     g.add_argument("--sizes", type=parse_sizes, metavar="NxAxC[,...]", help="comma-separated NxAxC (N images, A anchors per image, C classes), e.g. 2x100000x80,2x50000x80; each is measured in every --dtypes (default: the device's sizes, see benchmarks/README.md)")
     g.add_argument("--dtypes", metavar="DTYPES", help="comma-separated logits dtypes from: float32, bfloat16, float16, float64 (default float32; with neither --sizes nor --dtypes on CUDA, bfloat16 and float16 are added at A=201600)")
@@ -147,7 +147,7 @@ def resolve_args(args):
         if args.compile is False and not quick:
             names = [n for n in names if not PROVIDERS[n].compiled]
     else:
-        names = [n for n, p in PROVIDERS.items() if args.compile or not p.compiled]
+        names = [n for n, p in PROVIDERS.items() if (args.compile or not p.compiled) and not p.named_only]
     args.providers = names
     timing = QUICK if quick else FULL
     for name, value in timing.items():

@@ -5,9 +5,11 @@ once per run, at the first point that measures the provider. To add a peer, writ
 peers.py if it is new code) and register a builder here with @provider; the benchmark checks it
 against float64 and times it beside the others. `kind` names the float64 computation it must
 match ("dr": the DR reference, "focal": the direct focal loss); `layout` is "per_image" (one
-group per image of [N, A, C]) or "pooled" (one group of [N*A, C]).
+group per image of [N, A, C]) or "pooled" (one group of [N*A, C]). A `named_only` provider
+(a variant for an A/B) is timed only where --providers names it.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,7 @@ class Provider:
     build: object  # () -> fn(logits, labels) -> scalar loss
     compiled: bool = False  # built with torch.compile (left out of --quick unless named)
     description: str = ""
+    named_only: bool = False  # left out unless --providers names it
 
     @property
     def tolerances(self):
@@ -36,11 +39,11 @@ class Provider:
 PROVIDERS = {}
 
 
-def provider(name, kind, layout, compiled=False):
+def provider(name, kind, layout, compiled=False, named_only=False):
     """Registers the decorated builder as provider `name`; its docstring is the description."""
 
     def register(build):
-        PROVIDERS[name] = Provider(name, kind, layout, build, compiled, (build.__doc__ or "").strip())
+        PROVIDERS[name] = Provider(name, kind, layout, build, compiled, (build.__doc__ or "").strip(), named_only)
         return build
 
     return register
@@ -79,6 +82,36 @@ def build_fused():
     """drloss_cuda.sigmoid_dr_loss on [N, A, C]"""
     fused = fused_loss()
     return lambda logits, labels: fused(logits, labels)
+
+
+def with_forward_walk(fn, walk):
+    """fn with DRLOSS_CUDA_FORWARD=walk during each call (the extension reads it at every call),
+    so that one run interleaves the calls of every walk; the variable is restored after."""
+
+    def call(logits, labels):
+        saved = os.environ.get("DRLOSS_CUDA_FORWARD")
+        os.environ["DRLOSS_CUDA_FORWARD"] = walk
+        try:
+            return fn(logits, labels)
+        finally:
+            if saved is None:
+                del os.environ["DRLOSS_CUDA_FORWARD"]
+            else:
+                os.environ["DRLOSS_CUDA_FORWARD"] = saved
+
+    return call
+
+
+@provider("fused_aligned", "dr", "per_image", named_only=True)
+def build_fused_aligned():
+    """fused with the CUDA forward's aligned walk (DRLOSS_CUDA_FORWARD=aligned); named only"""
+    return with_forward_walk(build_fused(), "aligned")
+
+
+@provider("fused_pipelined", "dr", "per_image", named_only=True)
+def build_fused_pipelined():
+    """fused with the CUDA forward's pipelined walk (DRLOSS_CUDA_FORWARD=pipelined); named only"""
+    return with_forward_walk(build_fused(), "pipelined")
 
 
 @provider("fused_pooled", "dr", "pooled")

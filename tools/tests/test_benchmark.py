@@ -29,7 +29,7 @@ from bench.csv_rows import CSV_COLUMNS, append_csv  # noqa: E402
 from bench.inputs import make_inputs  # noqa: E402
 
 FIGURES = ["median_ms", "p20_ms", "p80_ms", "min_ms", "floor_bytes", "achieved_gbps", "copy_gbps", "floor_fraction", "loss"]
-EAGER = [name for name, p in providers.PROVIDERS.items() if not p.compiled]
+EAGER = [name for name, p in providers.PROVIDERS.items() if not p.compiled and not p.named_only]
 
 
 def read_rows(path):
@@ -143,6 +143,43 @@ def test_results_go_to_one_named_folder_outside_the_checkout():
     assert (2, 100000, 80, "float32") in full.points
     assert resolve(["--device", "cpu", "--record"]).record == options.RECORD_CSV == REPO / "benchmarks" / "results" / "benchmark.csv"
     assert resolve(["--device", "cpu", "--record", "x.csv"]).record == Path("x.csv")
+
+
+def test_forward_walk_variants_are_timed_only_where_named():
+    """fused_aligned and fused_pipelined (the CUDA forward's walks, for an A/B) are left out of
+    the default and --quick runs, and taken where --providers names them (--no-compile keeps
+    them: they are not compiled)."""
+    variants = {"fused_aligned", "fused_pipelined"}
+    assert {n for n, p in providers.PROVIDERS.items() if p.named_only} == variants
+    for argv in (["--quick"], [], ["--no-compile"]):
+        assert not variants & set(resolve(argv + ["--device", "cpu"]).providers), argv
+    named = resolve(["--device", "cpu", "--no-compile", "--providers", "fused,fused_aligned,fused_pipelined"])
+    assert named.providers == ["fused", "fused_aligned", "fused_pipelined"]
+
+
+@pytest.mark.parametrize("before", [None, "general"], ids=["unset", "set"])
+def test_forward_walk_variant_sets_the_switch_for_its_calls_alone(before, monkeypatch):
+    """Each call of a walk variant runs with DRLOSS_CUDA_FORWARD set to its walk; after the call,
+    returned or raised, the variable is as it was."""
+    if before is None:
+        monkeypatch.delenv("DRLOSS_CUDA_FORWARD", raising=False)
+    else:
+        monkeypatch.setenv("DRLOSS_CUDA_FORWARD", before)
+    seen = []
+
+    def loss(logits, labels):
+        seen.append(os.environ.get("DRLOSS_CUDA_FORWARD"))
+        if labels is None:
+            raise ValueError("no labels")
+        return logits.sum()
+
+    call = providers.with_forward_walk(loss, "pipelined")
+    assert call(torch.ones(2), torch.zeros(2)).item() == 2.0
+    assert os.environ.get("DRLOSS_CUDA_FORWARD") == before
+    with pytest.raises(ValueError, match="no labels"):
+        call(torch.ones(2), None)
+    assert os.environ.get("DRLOSS_CUDA_FORWARD") == before
+    assert seen == ["pipelined", "pipelined"]
 
 
 def checkout_state():

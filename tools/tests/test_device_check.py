@@ -6,6 +6,7 @@ The GPU work itself (build, CUDA tests, sanitizer, CUDA benchmark) runs only on 
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def test_cpu_mode_runs_end_to_end(tmp_path):
         (p, m, d) for p in ("fused", "fused_pooled", "official_pooled", "dense_masked") for m in ("forward", "forward_backward") for d in ("float32", "bfloat16")
     )
     assert len(bench) == 16 and {r["device"] for r in bench} == {"cpu"}
+
+
+def test_every_provider_the_gpu_steps_name_exists():
+    """The GPU-only steps' benchmark runs (never run here) name providers the benchmark has: a
+    misspelt one would cost the GPU session its step."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench.providers import PROVIDERS
+
+    named = re.findall(r"(?:--providers |providers=)([\w,]+)", SCRIPT.read_text())
+    assert len(named) >= 3, named  # benchmark (a variable), forward_walks, benchmark_compiled
+    for names in named:
+        assert set(names.split(",")) <= set(PROVIDERS), names
 
 
 def test_a_failing_step_fails_the_run(tmp_path):
