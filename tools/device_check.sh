@@ -38,11 +38,12 @@
 #                               batch 8, 800x1216, float32 and bfloat16 autocast, with torchvision's
 #                               focal loss, the official DR code and the fused loss ('missing'
 #                               without torchvision)
-#   forward_walks       180 s   the forward's opt-in walks (aligned, pipelined): tests/test_cuda.py
-#                               with DRLOSS_CUDA_FORWARD=pipelined; the benchmark's fused call with
-#                               each walk, interleaved in one run (whole calls against the floor;
-#                               their CSV rows are not kept); then tools/profile_cuda_kernels.py:
-#                               the three walks timed in turn, kernels alone, 3 rounds
+#   forward_walks       180 s   the forward's opt-in walks (aligned, pipelined): the benchmark's
+#                               fused call with each walk, interleaved in one run (whole calls
+#                               against the floor; their CSV rows are not kept);
+#                               tools/profile_cuda_kernels.py: the three walks timed in turn,
+#                               kernels alone, 3 rounds; then, with 60 s left, tests/test_cuda.py
+#                               with DRLOSS_CUDA_FORWARD=pipelined
 #   benchmark_compiled  rest    fused and dense_masked_compiled at the same points, as far as
 #                               --budget allows (inductor compiles one graph per dtype)
 set -u
@@ -268,11 +269,7 @@ step_training_step() {
 
 step_forward_walks() {
   [ "$CPU_MODE" = 1 ] && skip "skipped: no GPU"
-  # The CUDA kernels' own tests once more with the pipelined walk wherever it applies (the walk
-  # tests themselves ran in cuda_tests).
-  export DRLOSS_CUDA_FORWARD=pipelined
-  pytest_cuda tests/test_cuda.py
-  unset DRLOSS_CUDA_FORWARD
+  local t0=$SECONDS
   # Each walk's whole call (its finalize and launch gaps included) against the floor, the three
   # walks' calls interleaved in one run (fused speedup: general / walk); the rows go to a
   # scratch CSV, not benchmark.csv.
@@ -282,9 +279,26 @@ step_forward_walks() {
   "$PY" benchmarks/benchmark.py --device cuda --sizes 8x201600x80 --dtypes float32,bfloat16 \
     --providers fused,fused_aligned,fused_pipelined --out-dir "$scratch" --no-plot || exit 1
   rm -rf "$scratch"
-  # The A/B of the kernels alone; its one-line comparison of the walks is the step's last line.
+  # The A/B of the kernels alone; its one-line comparison of the walks ends the step.
+  local profile
+  profile=$(mktemp)
   "$PY" tools/profile_cuda_kernels.py --sizes 8x201600x80 --dtypes float32,bfloat16 --blocks 0 \
-    --forward-walks general,aligned,pipelined --rounds 3 --repeats 10
+    --forward-walks general,aligned,pipelined --rounds 3 --repeats 10 2>&1 | tee "$profile"
+  local rc=${PIPESTATUS[0]}
+  local comparison
+  comparison=$(tail -n 1 "$profile")
+  rm -f "$profile"
+  [ "$rc" -ne 0 ] && exit "$rc"
+  # After the measurements, as time allows: the CUDA kernels' own tests once more with the
+  # pipelined walk wherever it applies (the walk tests themselves ran in cuda_tests).
+  local left=$((STEP_LIMIT - (SECONDS - t0)))
+  if [ "$left" -ge 60 ]; then
+    echo "--- tests/test_cuda.py with DRLOSS_CUDA_FORWARD=pipelined"
+    DRLOSS_CUDA_FORWARD=pipelined pytest_cuda tests/test_cuda.py
+  else
+    echo "--- tests/test_cuda.py with DRLOSS_CUDA_FORWARD=pipelined: not run, $left s left of the step"
+  fi
+  echo "$comparison"
 }
 
 step_benchmark_compiled() {

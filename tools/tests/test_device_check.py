@@ -226,3 +226,41 @@ def test_python3_found_on_path_is_the_one_used_throughout(tmp_path):
     rows = summary(tmp_path)
     assert rows["environment"][0] == "ok" and rows["benchmark"][0] == "ok", output
     assert f"torch {torch.__version__}" in (tmp_path / "environment.log").read_text()
+
+
+# A python3 that runs nothing: it prints what it was asked to run (with the forward walk its
+# environment sets), and what pytest and the kernel profiler print last.
+STUB_PYTHON = """#!/usr/bin/env bash
+echo "stub: DRLOSS_CUDA_FORWARD=${DRLOSS_CUDA_FORWARD:-unset} $*"
+case "$*" in
+  *"-m pytest"*) echo "185 passed in 1.00s" ;;
+  *profile_cuda_kernels.py*) echo "forward kernel median us by walk: (stub)" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("limit", [180, 40])
+def test_forward_walks_step_measures_first_and_tests_as_time_allows(tmp_path, limit):
+    """The forward_walks step (GPU only: here with a stub python) times the walks' whole calls
+    in one benchmark run and their kernels, then reruns tests/test_cuda.py with the pipelined
+    walk when 60 s of the step's limit are left, and ends with the walks' comparison line."""
+    stub = tmp_path / "python3"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), STEP_LIMIT=str(limit))
+    for name in ("DEVICE_CHECK_CPU", "DRLOSS_CUDA_FORWARD"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", str(SCRIPT), "--step", "forward_walks"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    runs = [line.split(" ", 2)[1:] for line in lines if line.startswith("stub: ") and "import xdist" not in line]
+    assert runs[0][0] == "DRLOSS_CUDA_FORWARD=unset" and "benchmarks/benchmark.py" in runs[0][1]
+    assert "--providers fused,fused_aligned,fused_pipelined" in runs[0][1]
+    assert runs[1][0] == "DRLOSS_CUDA_FORWARD=unset" and "tools/profile_cuda_kernels.py" in runs[1][1]
+    assert "--forward-walks general,aligned,pipelined" in runs[1][1]
+    if limit >= 60:
+        assert len(runs) == 3 and runs[2] == ["DRLOSS_CUDA_FORWARD=pipelined", "-m pytest -q -rs -m cuda -n 4 tests/test_cuda.py"], runs
+    else:
+        assert len(runs) == 2, runs
+        assert any("tests/test_cuda.py with DRLOSS_CUDA_FORWARD=pipelined: not run" in line for line in lines)
+    assert lines[-1] == "forward kernel median us by walk: (stub)"
