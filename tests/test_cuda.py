@@ -257,7 +257,8 @@ def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
         assert_stats_close(r[1], results[1][1], ref, torch.float32, f"stats of k = {k} against k = 1")
 
 
-# The measurement switches (docs/design.md, "Debugging and measurement switches"): a bad value and the message it gets.
+# The measurement switches (docs/design.md, "Debugging and measurement switches"): a bad value
+# of each and the message it gets.
 BAD_SWITCHES = {
     "DRLOSS_CUDA_FORWARD": ("fast", "DRLOSS_CUDA_FORWARD must be general, aligned or pipelined, got 'fast'"),
     "DRLOSS_CUDA_BLOCKS_PER_GROUP": ("0", "DRLOSS_CUDA_BLOCKS_PER_GROUP must be a positive integer, got '0'"),
