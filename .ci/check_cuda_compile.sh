@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Compile-checks every csrc/cuda/*.cu with plain nvcc (no torch headers, no GPU needed) for
-# sm_75, sm_80 and sm_90, in C++17 and C++20, with every warning an error. Object files go to a
-# temporary directory. Prints each check and its register/spill report; exits non-zero on any
-# failure.
+# Compile-checks every csrc/cuda/*.cu with plain nvcc (no torch headers, no GPU needed) for every
+# architecture torch's CUDA 13 wheels ship (sm_75, 80, 86, 90, 100, 120) in C++17, and for sm_90
+# in C++20 too (the language standard needs one architecture), with every warning an error.
+# Object files go to a temporary directory. Prints each check and its register/spill report;
+# exits non-zero on any failure.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,10 @@ fi
 failures=0
 checks=0
 for src in "${sources[@]}"; do
-  for arch in 75 80 90; do
-    for std in c++17 c++20; do
+  for arch in 75 80 86 90 100 120; do
+    stds=(c++17)
+    [ "$arch" = 90 ] && stds+=(c++20)
+    for std in "${stds[@]}"; do
       checks=$((checks + 1))
       obj="$tmp/$(basename "$src" .cu).sm_${arch}.${std}.o"
       log="$tmp/log"
