@@ -8,6 +8,7 @@ installed (MAX_JOBS sets its parallelism); DRLOSS_USE_NINJA=0 turns it off.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import sys
@@ -31,6 +32,15 @@ except ImportError:
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_build_sources():
+    """drloss_cuda/_build_sources.py, by its path: importing the package needs the extension."""
+    path = os.path.join(HERE, "drloss_cuda", "_build_sources.py")
+    spec = importlib.util.spec_from_file_location("drloss_cuda_build_sources", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def env_flag(name):
@@ -107,6 +117,7 @@ def build_record(with_cuda, cuda_absent_reason):
             "torch_cuda": torch.version.cuda,
             "cuda_archs": cuda_archs() if with_cuda else None,
             "cuda_absent_reason": cuda_absent_reason,
+            "sources": load_build_sources().source_digest(HERE),
         }
     )
 

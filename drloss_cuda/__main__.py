@@ -1,11 +1,13 @@
 """`python -m drloss_cuda`: what this installation is and what its build contains."""
 
+import os
 import platform
 import sys
 
 import torch
 
 import drloss_cuda
+from drloss_cuda._build_sources import source_digest, source_root
 
 BUILD_CUDA = (
     "CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=\"8.0;9.0\" FORCE_CUDA=1 "
@@ -27,12 +29,29 @@ def describe():
             f"warning: built against torch {info['torch']} but running torch {torch.__version__}: "
             "rebuild with `pip install --no-build-isolation -e .`"
         )
+    lines += describe_sources(info["sources"])
     if info["cuda"]:
         lines.append(f"CUDA kernels: yes, for architectures {info['cuda_archs']}")
     else:
         lines.append(f"CUDA kernels: no, because {info['cuda_absent_reason'] or 'the build did not record why'}")
         lines.append(f"to build them: {BUILD_CUDA}")
     return "\n".join(lines)
+
+
+def describe_sources(built_from):
+    """The sources the build was compiled from and, for an in-tree build, whether the sources
+    beside it are still those (an edited kernel runs only once the extension is rebuilt)."""
+    line = f"built from sources {built_from[:12] if built_from else '(not recorded)'}"
+    root = source_root(os.path.dirname(drloss_cuda.__file__))
+    if root is None or not built_from:
+        return [line]
+    if source_digest(root) == built_from:
+        return [f"{line}, those in {root}"]
+    return [
+        line,
+        f"warning: the sources in {root} have changed since this build: "
+        "rebuild with `pip install --no-build-isolation -e .`",
+    ]
 
 
 def main():

@@ -31,14 +31,15 @@ def build_info():
     """What this build of the extension contains: {'openmp': bool, 'cuda': bool (the CUDA
     kernels), 'torch': the torch version it was built against, 'torch_cuda': that torch's CUDA
     version or None, 'cuda_archs': the GPU architectures built for (None without CUDA kernels),
-    'cuda_absent_reason': why the CUDA kernels were not built (None when they were)}.
+    'cuda_absent_reason': why the CUDA kernels were not built (None when they were), 'sources':
+    the SHA-256 of the sources it was compiled from (drloss_cuda/_build_sources.py)}.
     `python -m drloss_cuda` prints it."""
     info = _C.build_info()
     record = json.loads(info.pop("record") or "{}")
     return {**info, **{key: record.get(key) for key in BUILD_RECORD_KEYS}}
 
 
-BUILD_RECORD_KEYS = ("torch", "torch_cuda", "cuda_archs", "cuda_absent_reason")
+BUILD_RECORD_KEYS = ("torch", "torch_cuda", "cuda_archs", "cuda_absent_reason", "sources")
 
 
 # --- vmap: a batch of problems is one problem with more groups ---------------------------------

@@ -1,7 +1,9 @@
 """Packaging: the version has one source, and the sdist carries every file a build needs."""
 
 import importlib.metadata
+import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -10,10 +12,10 @@ import pytest
 import torch
 
 import drloss_cuda
+from drloss_cuda._build_sources import SOURCE_SUFFIXES, source_digest, source_files, source_root
 from problems import expected_loss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
 
 
 def test_version_matches_the_installed_metadata():
@@ -174,7 +176,8 @@ def test_reference_imports_without_the_extension():
 
 def test_build_info_says_what_was_built():
     info = drloss_cuda.build_info()
-    assert set(info) == {"openmp", "cuda", "torch", "torch_cuda", "cuda_archs", "cuda_absent_reason"}
+    assert set(info) == {"openmp", "cuda", "torch", "torch_cuda", "cuda_archs", "cuda_absent_reason", "sources"}
+    assert re.fullmatch("[0-9a-f]{64}", info["sources"]), info["sources"]
     if sys.platform.startswith("linux"):
         assert info["openmp"], "the CPU kernels were built without OpenMP: they would run on one core"
     assert info["torch"] == torch.__version__, "the extension was built against another torch"
@@ -190,11 +193,64 @@ def test_python_m_drloss_cuda_prints_the_build():
     out = subprocess.run([sys.executable, "-m", "drloss_cuda"], capture_output=True, text=True, check=True).stdout
     assert f"drloss_cuda {drloss_cuda.__version__}" in out
     assert f"built against torch {info['torch']}" in out
+    assert f"built from sources {info['sources'][:12]}" in out
     if info["cuda"]:
         assert f"CUDA kernels: yes, for architectures {info['cuda_archs']}" in out
     else:
         assert f"CUDA kernels: no, because {info['cuda_absent_reason']}" in out
         assert "FORCE_CUDA=1 pip install --no-build-isolation" in out
+
+
+def test_the_build_records_the_sources_it_was_compiled_from():
+    root = source_root(os.path.dirname(drloss_cuda.__file__))
+    if root is None:
+        pytest.skip("an installed package: the sources it was built from are not beside it")
+    assert drloss_cuda.build_info()["sources"] == source_digest(root), (
+        f"the extension was built from other sources than those in {root}: rebuild it"
+    )
+
+
+def make_source_tree(root, files):
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
+def test_the_source_digest_covers_every_source_and_nothing_else(tmp_path):
+    files = {"setup.py": "setup()", "csrc/a.h": "ab", "csrc/b.h": "c", "csrc/cuda/k.cu": "kernel", "csrc/notes.md": "x", "csrc/k.o": "\0"}
+    tree = make_source_tree(tmp_path / "tree", files)
+    assert source_files(tree) == ["csrc/a.h", "csrc/b.h", "csrc/cuda/k.cu", "setup.py"]
+    built = source_digest(tree)
+    assert re.fullmatch("[0-9a-f]{64}", built)
+    changes = {
+        "a kernel edited": {"csrc/cuda/k.cu": "kernel2"},
+        "setup.py edited": {"setup.py": "setup(x)"},
+        "bytes moved between files": {"csrc/a.h": "a", "csrc/b.h": "bc"},
+        "a source added": {"csrc/cpu/new.cpp": ""},
+    }
+    for change, edits in changes.items():
+        changed = make_source_tree(tmp_path / change.replace(" ", "_"), {**files, **edits})
+        assert source_digest(changed) != built, change
+    renamed = {("csrc/c.h" if path == "csrc/b.h" else path): text for path, text in files.items()}
+    assert source_digest(make_source_tree(tmp_path / "renamed", renamed)) != built
+    not_sources = {**files, "csrc/notes.md": "edited", "csrc/k.o": "rebuilt", "README.md": "new"}
+    assert source_digest(make_source_tree(tmp_path / "not_sources", not_sources)) == built
+
+
+def test_python_m_drloss_cuda_says_when_the_sources_changed_since_the_build(tmp_path, monkeypatch):
+    import drloss_cuda.__main__ as cli
+
+    tree = make_source_tree(tmp_path, {"setup.py": "setup()", "csrc/a.h": "a"})
+    built = source_digest(tree)
+    monkeypatch.setattr(cli, "source_root", lambda package_dir: str(tree))
+    assert cli.describe_sources(built) == [f"built from sources {built[:12]}, those in {tree}"]
+    (tree / "csrc" / "a.h").write_text("edited")
+    lines = cli.describe_sources(built)
+    assert lines[0] == f"built from sources {built[:12]}"
+    assert lines[1].startswith(f"warning: the sources in {tree} have changed since this build: rebuild")
+    monkeypatch.setattr(cli, "source_root", lambda package_dir: None)  # an installed package
+    assert cli.describe_sources(built) == [f"built from sources {built[:12]}"]
 
 
 def test_cuda_tensors_in_a_build_without_cuda_kernels_are_told_why():
