@@ -22,7 +22,10 @@
 # benchmarks/results/<gpu>/summary.md):
 #   environment          30 s   GPU name, driver, torch/CUDA versions, commit, nvidia-smi line
 #   build               240 s   `pip install --no-index --no-build-isolation --no-deps -e .` with ninja,
-#                               MAX_JOBS=nproc and the GPU's own architecture only
+#                               MAX_JOBS=nproc and the GPU's own architecture only; or no
+#                               compile at all: the extension already in drloss_cuda/ when
+#                               tools/prebuilt_extension.py finds it built from these very
+#                               sources, against this torch, for this GPU (below)
 #   cuda_tests          180 s   `pytest -m cuda` (4 workers when pytest-xdist is there)
 #   retinanet           120 s   a torchvision RetinaNet on CUDA: the fused loss against the
 #                               reference, then 6 SGD steps ('missing' if that test is absent)
@@ -46,6 +49,12 @@
 #                               with DRLOSS_CUDA_FORWARD=pipelined
 #   benchmark_compiled  rest    fused and dense_masked_compiled at the same points, as far as
 #                               --budget allows (inductor compiles one graph per dtype)
+#
+# Prebuilt extension: on a machine without the GPU but with the GPU machine's Python and torch,
+# build in place (TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 CUDA_HOME=... pip install
+# --no-build-isolation --no-deps -e .) and send drloss_cuda/_C.cpython-312-x86_64-linux-gnu.so
+# along with the checkout. Every step imports the checkout's own package (PYTHONPATH), so a
+# reused extension needs no install.
 set -u
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
@@ -53,6 +62,8 @@ cd "$(dirname "$SELF")/.."
 # without torch) may be found.
 PY=$(command -v "${PYTHON:-python3}") || { echo "device_check: ${PYTHON:-python3} not found" >&2; exit 2; }
 export PY
+# The checkout's own package first, whether pip installed it (build) or not (a reused extension).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ "${1:-}" = "--cpu" ] && export DEVICE_CHECK_CPU=1 && shift
 CPU_MODE=${DEVICE_CHECK_CPU:-0}
 DEADLINE=${DEVICE_CHECK_DEADLINE:-510}
@@ -117,10 +128,13 @@ PYEOF
 step_build() {
   if [ "$CPU_MODE" = 1 ]; then
     "$PY" -c "import drloss_cuda; print('installed extension:', drloss_cuda.build_info())" || exit 1
+    # The reuse check's plumbing: a build without CUDA kernels is declined.
+    "$PY" tools/prebuilt_extension.py --arch 9.0
     skip "skipped: no GPU"
   fi
   cuda_home
   TORCH_CUDA_ARCH_LIST=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || exit 1
+  "$PY" tools/prebuilt_extension.py --arch "$TORCH_CUDA_ARCH_LIST" && exit 0
   export TORCH_CUDA_ARCH_LIST MAX_JOBS=$(nproc) DRLOSS_USE_NINJA=1 FORCE_CUDA=1
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CUDA_HOME=$CUDA_HOME ninja $(ninja --version 2>/dev/null || echo 'not found')"
   "$PY" -m pip install --no-index --no-build-isolation --no-deps -v -e . || exit 1

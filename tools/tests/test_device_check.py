@@ -82,6 +82,8 @@ def test_cpu_mode_runs_end_to_end(tmp_path):
     assert "torch " in logs["environment.log"]
     assert "Driver Version" in logs["environment.log"] or "nvidia-smi: not found" in logs["environment.log"]
     assert "installed extension: {" in logs["build.log"]
+    # The prebuilt-extension check runs (and, for a build without CUDA kernels, declines).
+    assert re.search(r"not reusing \S+: it has no CUDA kernels", logs["build.log"]), logs["build.log"]
     assert "| mode | N | A | C | dtype | provider | median ms |" in logs["benchmark.log"]
     with open(tmp_path / "benchmark.csv", newline="") as f:
         bench = list(csv.DictReader(f))
@@ -264,3 +266,45 @@ def test_forward_walks_step_measures_first_and_tests_as_time_allows(tmp_path, li
         assert len(runs) == 2, runs
         assert any("tests/test_cuda.py with DRLOSS_CUDA_FORWARD=pipelined: not run" in line for line in lines)
     assert lines[-1] == "forward kernel median us by walk: (stub)"
+
+
+# A python3 for the build step: the GPU's capability, the prebuilt-extension check's verdict
+# (PREBUILT_RC), and no real build. What it was asked to run goes to stderr, apart from what the
+# step reads.
+BUILD_STUB_PYTHON = """#!/usr/bin/env bash
+echo "stub: $*" >&2
+case "$*" in
+  *get_device_capability*) echo "9.0" ;;
+  *prebuilt_extension.py*) echo "prebuilt check: exit $PREBUILT_RC"; exit "$PREBUILT_RC" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("reusable", [True, False])
+def test_build_step_reuses_a_matching_prebuilt_extension_instead_of_building(tmp_path, reusable):
+    """The build step (GPU only: here with a stub python) asks tools/prebuilt_extension.py
+    first, for the GPU's own architecture; pip builds only when the check declines."""
+    stub = tmp_path / "python3"
+    stub.write_text(BUILD_STUB_PYTHON)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), PREBUILT_RC="0" if reusable else "1")
+    env.pop("DEVICE_CHECK_CPU", None)
+    result = subprocess.run(["bash", str(SCRIPT), "--step", "build"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [line[len("stub: "):] for line in result.stderr.splitlines() if line.startswith("stub: ")]
+    assert "get_device_capability" in runs[0]
+    assert runs[1] == "tools/prebuilt_extension.py --arch 9.0"
+    if reusable:
+        assert len(runs) == 2, runs
+        assert result.stdout.rstrip().splitlines()[-1] == "prebuilt check: exit 0"
+    else:
+        assert runs[2].startswith("-m pip install --no-index --no-build-isolation --no-deps -v -e ."), runs
+        assert "assert info['cuda']" in runs[3] and len(runs) == 4, runs
+
+
+def test_every_step_imports_the_checkouts_own_package():
+    """A reused extension is not pip-installed: the scripts the steps run from benchmarks/ and
+    tools/ find the package through PYTHONPATH, which the device check sets to the checkout."""
+    text = SCRIPT.read_text()
+    assert re.search(r'^export PYTHONPATH="\$PWD\$\{PYTHONPATH:\+:\$PYTHONPATH\}"$', text, re.M)
+    assert text.index("export PYTHONPATH=") < text.index('if [ "${1:-}" = "--step" ]')
