@@ -8,6 +8,7 @@ import torch
 
 import drloss_cuda
 from drloss_cuda._build_sources import source_digest, source_root
+from drloss_cuda.ops import build_runs_on
 
 BUILD_CUDA = (
     "CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=\"8.0;9.0\" FORCE_CUDA=1 "
@@ -32,6 +33,7 @@ def describe():
     lines += describe_sources(info["sources"])
     if info["cuda"]:
         lines.append(f"CUDA kernels: yes, for architectures {info['cuda_archs']}")
+        lines += describe_gpus(info["cuda_archs"])
     else:
         lines.append(f"CUDA kernels: no, because {info['cuda_absent_reason'] or 'the build did not record why'}")
         lines.append(f"to build them: {BUILD_CUDA}")
@@ -52,6 +54,22 @@ def describe_sources(built_from):
         f"warning: the sources in {root} have changed since this build: "
         "rebuild with `pip install --no-build-isolation -e .`",
     ]
+
+
+def describe_gpus(cuda_archs):
+    """A warning for each visible GPU that the build has no kernels for (CUDA would say only "no
+    kernel image is available for execution on the device")."""
+    lines = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        capability = torch.cuda.get_device_capability(index)
+        if build_runs_on(capability, cuda_archs) is False:
+            arch = "%d.%d" % capability
+            lines.append(
+                f"warning: cuda:{index} ({torch.cuda.get_device_name(index)}, compute capability {arch}) "
+                f"has no kernels in this build: rebuild with TORCH_CUDA_ARCH_LIST=\"{arch}\" "
+                "pip install --no-build-isolation -e ."
+            )
+    return lines
 
 
 def main():

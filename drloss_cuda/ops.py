@@ -9,6 +9,7 @@ What is left to Python is the batching rule torch.func.vmap takes, registered he
 """
 
 import json
+import re
 
 import torch
 
@@ -40,6 +41,40 @@ def build_info():
 
 
 BUILD_RECORD_KEYS = ("torch", "torch_cuda", "cuda_archs", "cuda_absent_reason", "sources")
+
+
+def cuda_architectures(cuda_archs):
+    """A build's TORCH_CUDA_ARCH_LIST ('8.0;9.0+PTX', also space-separated) as [(major, minor,
+    suffix, ptx)], e.g. (9, 0, 'a', False) for '9.0a'; None when an entry is not a number (torch
+    also takes names such as 'Hopper') or there is no list."""
+    entries = (cuda_archs or "").replace(" ", ";").split(";")
+    architectures = []
+    for entry in filter(None, entries):
+        ptx = entry.endswith("+PTX")
+        match = re.fullmatch(r"(\d+)\.(\d+)([a-z]?)", entry.removesuffix("+PTX"))
+        if match is None:
+            return None
+        architectures.append((int(match[1]), int(match[2]), match[3], ptx))
+    return architectures or None
+
+
+def build_runs_on(capability, cuda_archs):
+    """Whether a build for cuda_archs has kernels a GPU of compute capability (major, minor) can
+    run: machine code of its major version at or below its minor (8.0 runs on 8.6; '9.0a' only
+    on 9.0), or PTX at or below its capability, which the driver compiles for it. None when the
+    list cannot be read."""
+    architectures = cuda_architectures(cuda_archs)
+    if architectures is None:
+        return None
+    major, minor = capability
+    for arch_major, arch_minor, suffix, ptx in architectures:
+        if suffix and (arch_major, arch_minor) != (major, minor):
+            continue
+        if arch_major == major and arch_minor <= minor:
+            return True
+        if ptx and (arch_major, arch_minor) <= (major, minor):
+            return True
+    return False
 
 
 # --- vmap: a batch of problems is one problem with more groups ---------------------------------

@@ -288,6 +288,23 @@ def test_a_bad_switch_is_refused_at_every_call(monkeypatch, shape, switch):
         assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
 
 
+def test_a_gpu_the_build_has_no_kernels_for_is_told_how_to_rebuild():
+    """Runs only with a build made for other GPUs (else it skips, saying so): the error names
+    this GPU's compute capability and the rebuild, where CUDA alone says "no kernel image is
+    available for execution on the device"."""
+    import drloss_cuda
+    from drloss_cuda.ops import build_runs_on
+
+    archs = drloss_cuda.build_info()["cuda_archs"]
+    capability = torch.cuda.get_device_capability()
+    if build_runs_on(capability, archs) is not False:
+        pytest.skip(f"this build (architectures {archs}) has kernels for this GPU ({capability[0]}.{capability[1]})")
+    logits, labels = make_inputs((1, 10, 80))
+    message = "this build of drloss_cuda has no CUDA kernels for this GPU (cuda:{}, compute capability {}.{}): rebuild it with TORCH_CUDA_ARCH_LIST"
+    with pytest.raises(RuntimeError, match=re.escape(message.format(torch.cuda.current_device(), *capability))):
+        sigmoid_dr_loss(logits.cuda(), labels.cuda())
+
+
 def test_many_groups(generator):
     """More groups than one launch of the finalize kernel covers (65,535 blocks of 4 groups)."""
     G = 300_000

@@ -253,6 +253,44 @@ def test_python_m_drloss_cuda_says_when_the_sources_changed_since_the_build(tmp_
     assert cli.describe_sources(built) == [f"built from sources {built[:12]}"]
 
 
+@pytest.mark.parametrize(
+    "capability, cuda_archs, expected",
+    [
+        ((9, 0), "9.0", True),
+        ((9, 0), "8.0 9.0", True),
+        ((8, 6), "8.0", True),  # machine code runs on later minor versions of its major
+        ((8, 0), "8.6", False),
+        ((9, 0), "8.0;8.6", False),
+        ((9, 0), "8.0+PTX", True),  # PTX, which the driver compiles for a later GPU
+        ((7, 5), "8.0+PTX", False),
+        ((9, 0), "9.0a", True),
+        ((10, 0), "9.0a", False),  # architecture-specific code runs on that architecture only
+        ((9, 0), "Hopper", None),  # a name: not judged
+        ((9, 0), None, None),
+    ],
+)
+def test_which_gpus_a_build_has_kernels_for(capability, cuda_archs, expected):
+    from drloss_cuda.ops import build_runs_on
+
+    assert build_runs_on(capability, cuda_archs) is expected
+
+
+def test_python_m_drloss_cuda_warns_of_a_gpu_the_build_has_no_kernels_for(monkeypatch):
+    import drloss_cuda.__main__ as cli
+
+    gpus = [((9, 0), "NVIDIA H100"), ((8, 6), "NVIDIA A10")]
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli.torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(cli.torch.cuda, "get_device_capability", lambda index: gpus[index][0])
+    monkeypatch.setattr(cli.torch.cuda, "get_device_name", lambda index: gpus[index][1])
+    assert cli.describe_gpus("8.0") == [
+        "warning: cuda:0 (NVIDIA H100, compute capability 9.0) has no kernels in this build: "
+        'rebuild with TORCH_CUDA_ARCH_LIST="9.0" pip install --no-build-isolation -e .'
+    ]
+    assert cli.describe_gpus("8.0;9.0") == []
+    assert cli.describe_gpus("Hopper") == []
+
+
 def test_cuda_tensors_in_a_build_without_cuda_kernels_are_told_why():
     """The kernels registered for CUDA tensors in a CPU-only build, called through the dispatcher
     as a CUDA tensor would call them (no GPU is needed to reach them)."""

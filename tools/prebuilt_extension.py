@@ -17,9 +17,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def built_archs(cuda_archs):
-    """'8.0;9.0+PTX' -> {'8.0', '9.0'}: the architectures a build has machine code for."""
-    return {arch.removesuffix("+PTX") for arch in (cuda_archs or "").replace(" ", ";").split(";") if arch}
+def has_machine_code_for(cuda_archs, arch):
+    """Whether a build for cuda_archs ('8.0;9.0+PTX') has machine code for arch ('9.0') itself:
+    neither PTX compiled by the driver nor another minor version's code, whose timings would
+    not be this build's."""
+    from drloss_cuda.ops import cuda_architectures
+
+    major, minor = (int(part) for part in arch.split("."))
+    return any((arch_major, arch_minor) == (major, minor) for arch_major, arch_minor, _, _ in cuda_architectures(cuda_archs) or [])
 
 
 def reasons_not_to_reuse(info, extension_path, torch_version, arch, digest, repo=REPO):
@@ -31,7 +36,7 @@ def reasons_not_to_reuse(info, extension_path, torch_version, arch, digest, repo
         reasons.append(f"{extension_path} is not this checkout's ({package})")
     if not info.get("cuda"):
         reasons.append(f"it has no CUDA kernels ({info.get('cuda_absent_reason')})")
-    elif arch not in built_archs(info.get("cuda_archs")):
+    elif not has_machine_code_for(info.get("cuda_archs"), arch):
         reasons.append(f"it was built for CUDA architectures {info.get('cuda_archs')}, not {arch}")
     if info.get("torch") != torch_version:
         reasons.append(f"it was built against torch {info.get('torch')}, this is torch {torch_version}")

@@ -14,6 +14,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 
 #include "../dr_loss.h"
@@ -72,6 +73,27 @@ cuda::ForwardWalk forward_walk_requested() {
                "'");
 }
 
+// The error of a call's own launches. A GPU whose architecture the build lacks finds no kernel
+// image: say so and how to rebuild, where CUDA alone would not name the cause.
+void check_launches(cudaError_t error) {
+  if (error == cudaErrorNoKernelImageForDevice || error == cudaErrorInvalidDeviceFunction) {
+    int device = 0;
+    int major = 0;
+    int minor = 0;
+    (void)cudaGetDevice(&device);
+    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    (void)cudaGetLastError();  // the launch's own error, reported here
+    const std::string capability = std::to_string(major) + "." + std::to_string(minor);
+    DRLOSS_CHECK(false, "sigmoid_dr_loss: this build of drloss_cuda has no CUDA kernels for this GPU ",
+                 "(cuda:", device, ", compute capability ", capability,
+                 "): rebuild it with TORCH_CUDA_ARCH_LIST=\"", capability,
+                 "\" pip install --no-build-isolation -e . (python -m drloss_cuda lists the "
+                 "architectures it was built for)");
+  }
+  C10_CUDA_CHECK(error);
+}
+
 // The launch plan of a call. The backward asks for the general walk: its grid is then one wave
 // of the general forward's occupancy whichever walk the forward took.
 cuda::LaunchPlan plan_call(const at::Tensor& logits, const at::Tensor& labels,
@@ -108,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
 
   at::Tensor workspace = at::empty({plan.workspace_doubles}, logits.options().dtype(at::kDouble));
   // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
-  C10_CUDA_CHECK(cuda::launch_forward(
+  check_launches(cuda::launch_forward(
       logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
       labels.const_data_ptr(), problem, options, plan,
       plan.workspace_doubles > 0 ? workspace.mutable_data_ptr<double>() : nullptr,
@@ -136,7 +158,7 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_losses_in, const at::Tensor& 
       plan_call(logits, labels, problem, options, cuda::ForwardWalk::kGeneral);
   if (grad_logits.numel() == 0) return grad_logits;
 
-  C10_CUDA_CHECK(cuda::launch_backward(
+  check_launches(cuda::launch_backward(
       logits_type_of(logits), grad_losses.const_data_ptr(), logits.const_data_ptr(),
       labels_type_of(labels), labels.const_data_ptr(), stats.const_data_ptr(), problem,
       options, plan, grad_logits.mutable_data_ptr(),

@@ -14,7 +14,7 @@ import drloss_cuda
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
-from prebuilt_extension import built_archs, reasons_not_to_reuse  # noqa: E402
+from prebuilt_extension import has_machine_code_for, reasons_not_to_reuse  # noqa: E402
 
 DIGEST = "ab" * 32
 EXTENSION = REPO / "drloss_cuda" / "_C.cpython-312-x86_64-linux-gnu.so"
@@ -47,9 +47,11 @@ def test_any_mismatch_means_a_build(change, expected):
     assert len(found) == 1 and expected in found[0], found
 
 
-def test_built_archs_reads_torch_arch_lists():
-    assert built_archs("7.5;8.0 9.0+PTX") == {"7.5", "8.0", "9.0"}
-    assert built_archs(None) == set()
+def test_only_machine_code_for_the_gpu_itself_counts():
+    assert has_machine_code_for("7.5;8.0 9.0+PTX", "9.0") and has_machine_code_for("9.0a", "9.0")
+    assert not has_machine_code_for("8.0", "8.6")  # runs there, but not as a native build would
+    assert not has_machine_code_for("8.0+PTX", "9.0")  # compiled by the driver at load
+    assert not has_machine_code_for("Hopper", "9.0") and not has_machine_code_for(None, "9.0")
 
 
 def test_the_script_judges_this_machines_build():
