@@ -2,8 +2,10 @@
 anchor-aligned walk and its pipelined form, each value-checked against float64 element by
 element and against the CPU kernels, at the shapes that stress their bookkeeping (few vectors
 per thread, an odd count, many per thread, a jump of fewer vectors than an anchor holds, several
-work items per block); the calls they cannot take fall back to the general walk; the pipelined walk adds
-exactly what the aligned walk adds. The profiler's trace confirms which kernel ran (a bad
+work items per block, items without elements), on a view 16 bytes into its storage and with
+other hyperparameters that keep the shifts fixed; the calls they cannot take (a group of 2^30
+elements among them) fall back to the general walk; the pipelined walk adds exactly what the
+aligned walk adds. The profiler's trace confirms which kernel ran (a bad
 value of the switch: tests/test_cuda.py). CUDA only: these skip visibly without a GPU.
 """
 
@@ -13,6 +15,7 @@ import torch
 from conftest import CUDA_ONLY
 from kernel_runs import HYPER, assert_cuda_matches_cpu, at_storage_offset, capture_loss_and_backward, make_inputs, run_ops
 from kernel_trace import launched_kernels, template_arguments
+from problems import expected_loss
 
 pytestmark = [*CUDA_ONLY, pytest.mark.usefixtures("kernel_defaults")]
 
@@ -44,8 +47,13 @@ def forward_kernel_ran(kernels, dtype, label_dtype):
         # one block per group: 26-27 vectors per thread in float32, 13-14 in 16 bits, so the
         # loop's later steps (and the pipelined walk's loads ahead) run, on odd and even counts
         pytest.param((2, 333, 80), 0, 1, id="2x333x80-one-block-per-group-long-loop"),
+        # a thread's jump (threads x vector width) is shorter than an anchor: 1024 of 2048
+        # elements in float32; 2048 of 3000 in 16 bits (2048 is one whole anchor there)
         pytest.param((2, 20, 2048), 1, None, id="2x20x2048-jump-inside-an-anchor"),
+        pytest.param((2, 12, 3000), 1, None, id="2x12x3000-16-bit-jump-inside-an-anchor"),
         pytest.param((4, 600, 80), 0, 600, id="4x600x80-600-blocks-per-group"),
+        # 592 elements per group in ranges of 16: 37 items with elements, 63 without
+        pytest.param((3, 37, 16), 0, 100, id="3x37x16-100-blocks-items-without-elements"),
     ],
 )
 def test_aligned_walks_match_float64(generator, monkeypatch, tmp_path, walk, dtype, label_dtype, shape, first_label, blocks_per_group):
@@ -56,6 +64,58 @@ def test_aligned_walks_match_float64(generator, monkeypatch, tmp_path, walk, dty
     check = lambda: assert_cuda_matches_cpu(logits, labels, first_label)  # noqa: E731
     _, kernels = launched_kernels(check, tmp_path / "trace.json")
     assert forward_kernel_ran(kernels, dtype, label_dtype) == walk
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_view_on_a_16_byte_boundary_takes_the_aligned_walk(generator, monkeypatch, tmp_path, walk, dtype):
+    """Logits sliced out of a larger tensor 16 bytes in (one vector) are still aligned."""
+    monkeypatch.setenv("DRLOSS_CUDA_FORWARD", walk)
+    logits, labels = make_inputs((2, 301, 80), dtype, label_dtype=torch.int64)
+    on_device = at_storage_offset(logits, "cuda", 16 // logits.element_size())
+    check = lambda: assert_cuda_matches_cpu(logits, labels, 0, on_device)  # noqa: E731
+    _, kernels = launched_kernels(check, tmp_path / "trace.json")
+    assert forward_kernel_ran(kernels, dtype, torch.int64) == walk
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        pytest.param((1 / 64, 1 / 64, 6.0, 4.0, 0.5), id="both-temperatures-1-64"),
+        pytest.param((0.5, 0.05, 3.0, 2.0, 0.2), id="other-hyperparameters"),
+    ],
+)
+def test_aligned_walks_with_other_fixed_shift_hyperparameters(generator, monkeypatch, tmp_path, walk, dtype, hyper):
+    """Temperatures down to 1/64 keep both shifts fixed, so the aligned walks take them."""
+    monkeypatch.setenv("DRLOSS_CUDA_FORWARD", walk)
+    logits, labels = make_inputs((2, 333, 80), dtype, label_dtype=torch.int32)
+    check = lambda: assert_cuda_matches_cpu(logits, labels, 0, hyper=hyper)  # noqa: E731
+    _, kernels = launched_kernels(check, tmp_path / "trace.json")
+    assert forward_kernel_ran(kernels, dtype, torch.int32) == walk
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize(
+    "anchors, expected",
+    [pytest.param((1 << 20) - 1, None, id="under-2^30-elements"), pytest.param(1 << 20, "general", id="2^30-elements")],
+)
+def test_groups_of_2_30_elements_or_more_run_the_general_walk(monkeypatch, tmp_path, walk, anchors, expected):
+    """The walks keep a group's positions in 32 bits: a group of 2^30 elements or more runs the
+    general walk. With every p equal to 1/2 the loss is known in closed form either way."""
+    needed = anchors * 1024 * 2 + (1 << 30)
+    free, _ = torch.cuda.mem_get_info()
+    if free < needed:
+        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    from drloss_cuda.ops import forward_op
+
+    monkeypatch.setenv("DRLOSS_CUDA_FORWARD", walk)
+    logits = torch.zeros(1, anchors, 1024, dtype=torch.bfloat16, device="cuda")
+    labels = torch.arange(anchors, device="cuda") % 1024  # one positive per anchor
+    (losses, _), kernels = launched_kernels(lambda: forward_op(logits, labels[None], *HYPER, 0), tmp_path / "trace.json")
+    assert forward_kernel_ran(kernels, torch.bfloat16, torch.int64) == (expected or walk)
+    assert losses.item() == pytest.approx(expected_loss(0.5, 0.5), rel=1e-6)
 
 
 @pytest.mark.parametrize("walk", WALKS)

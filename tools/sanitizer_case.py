@@ -10,8 +10,9 @@ ignored, one with no positive, and no anchors at all; and the kernel paths only 
 inputs reach: float16/bfloat16 logits with C = 80 at storage offsets 1-7 (the backward's
 vector walk with element-wise logit loads), temperatures below 1/64 (the running-max
 forward, with vectors and element by element) and more work items than the grid has blocks
-(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores), and the forward's anchor-aligned and
-pipelined walks (DRLOSS_CUDA_FORWARD, which the CPU ignores too). Outputs are poisoned (NaN) before the
+(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores) or more blocks than a group has
+elements for, and the forward's anchor-aligned and pipelined walks (DRLOSS_CUDA_FORWARD, which
+the CPU ignores too). Outputs are poisoned (NaN) before the
 kernels write them. For each case the per-group losses, the statistics and the gradient (for a
 random upstream gradient) are checked against float64 on the CPU, on the same (rounded)
 logits, element by element with the tests' bounds (tests/kernel_runs.py,
@@ -72,6 +73,8 @@ CASES = (
     Case((4, 700, 80), 0, 0, "mixed, several items per block", (torch.float32, torch.bfloat16), (torch.int32,), blocks_per_group=700, forward_walk="pipelined"),
     # one block per group: 26-27 vectors per thread in float32, 13-14 in bfloat16 (the loop's later steps, the loads ahead)
     Case((2, 333, 80), 0, 0, "mixed, many vectors per thread", (torch.float32, torch.bfloat16), (torch.int64,), blocks_per_group=1, forward_walk="pipelined"),
+    # 100 blocks per group of 592 elements in ranges of 16: 63 items without elements, which still write their partials
+    Case((3, 37, 16), 0, 0, "mixed, items without elements", (torch.float32, torch.bfloat16), (torch.int64,), blocks_per_group=100, forward_walk="pipelined"),
 )
 # The variables each case sets for its own calls.
 CASE_VARIABLES = ("DRLOSS_CUDA_BLOCKS_PER_GROUP", "DRLOSS_CUDA_FORWARD")

@@ -129,6 +129,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(const at::Tensor& logits_in,
   if (problem.groups == 0) return {losses, stats};
 
   at::Tensor workspace = at::empty({plan.workspace_doubles}, logits.options().dtype(at::kDouble));
+  // A work item whose partials went unwritten then makes its group's loss NaN, instead of
+  // merging what an earlier call left in the reused memory.
+  poison_if_requested(workspace);
   // The error of these launches alone (an earlier, unrelated one is not blamed on this op).
   check_launches(cuda::launch_forward(
       logits_type_of(logits), logits.const_data_ptr(), labels_type_of(labels),
