@@ -108,28 +108,34 @@ def test_no_anchors_or_no_classes(device, shape):
     torch.testing.assert_close(loss.cpu(), reference.sigmoid_dr_loss(logits.cpu(), labels.cpu(), reduction="none"))
 
 
-def test_nan_in_counted_entry_gives_nan(device, generator):
+# The default temperatures (fixed exponent shifts) and temperatures below 1/64 (the running max).
+TEMPERATURES = [pytest.param({}, id="fixed-shifts"), pytest.param({"pos_lambda": 1e-3, "neg_lambda": 1e-3}, id="running-max")]
+
+
+@pytest.mark.parametrize("temperatures", TEMPERATURES)
+def test_nan_in_counted_entry_gives_nan(device, generator, temperatures):
     logits, labels = make_inputs((2, 20, 4), device, ignore_frac=0.0)
     logits[0, 3, 1] = float("nan")  # image 0, a counted anchor
-    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
+    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none", **temperatures)
     assert loss[0].isnan() and not loss[1].isnan()
     assert grad[0].isnan().any() and not grad[1].isnan().any()
-    ref = reference.sigmoid_dr_loss(logits.cpu(), labels.cpu(), reduction="none")
+    ref = reference.sigmoid_dr_loss(logits.cpu(), labels.cpu(), reduction="none", **temperatures)
     assert ref[0].isnan()
 
 
-def test_nan_in_ignored_anchor_is_ignored(device, generator):
+@pytest.mark.parametrize("temperatures", TEMPERATURES)
+def test_nan_in_ignored_anchor_is_ignored(device, generator, temperatures):
     logits, labels = make_inputs((2, 20, 4), device)
     labels[1, 5] = -1
     clean = logits.clone()
     logits[1, 5, :] = float("nan")
     # The loss does not depend on an ignored anchor, so its gradient there is exactly 0 (the
     # reference's autograd would give 0 * NaN = NaN): compare with the NaN-free input.
-    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none")
-    ref_loss, ref_grad = loss_and_grad(sigmoid_dr_loss, clean, labels, reduction="none")
+    loss, grad = loss_and_grad(sigmoid_dr_loss, logits, labels, reduction="none", **temperatures)
+    ref_loss, ref_grad = loss_and_grad(sigmoid_dr_loss, clean, labels, reduction="none", **temperatures)
     assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
     assert torch.equal(grad[1, 5], torch.zeros_like(grad[1, 5]))
-    assert_matches_float64(clean, labels, reduction="none")
+    assert_matches_float64(clean, labels, reduction="none", **temperatures)
 
 
 def test_labels_outside_class_range_are_background(device, generator):

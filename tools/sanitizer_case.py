@@ -8,8 +8,9 @@ Covers every logits dtype, both label types, per-image and pooled shapes, a C sm
 vector, unaligned logits (a storage offset), first_label 0 and 1, an image with every anchor
 ignored, one with no positive, and no anchors at all; and the kernel paths only particular
 inputs reach: float16/bfloat16 logits with C = 80 at storage offsets 1-7 (the backward's
-vector walk with element-wise logit loads), temperatures below 1/64 (the running-max
-forward, with vectors and element by element) and more work items than the grid has blocks
+vector walk with element-wise logit loads; C = 13 and 81 at an offset add heads, tails and
+vectors across anchors), temperatures below 1/64 (the running-max forward, with vectors and
+element by element) and more work items than the grid has blocks
 (DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores) or more blocks than a group has
 elements for, and the forward's anchor-aligned and pipelined walks (DRLOSS_CUDA_FORWARD, which
 the CPU ignores too). Outputs are poisoned (NaN) before the
@@ -61,11 +62,16 @@ CASES = (
     Case((2, 0, 5), 0, 0, "no anchors"),
     # 16-bit logits 1-7 elements off a 16-byte boundary, C = 80: vectors of the gradient, element-wise loads of the logits
     *(Case((2, 129, 80), offset, 0, "mixed, misaligned 16-bit", HALF, (LABEL_DTYPES[offset % 2],)) for offset in range(1, 8)),
+    # C = 13, 3 elements off: ranges ending inside a gradient vector (heads, tails) and vectors across anchors
+    Case((3, 37, 13), 3, 0, "mixed, misaligned 16-bit, heads and tails", HALF, (torch.int32,)),
     # the running-max forward, walking vectors (C = 80) and elements (C = 7 < a 16-bit vector)
     Case((2, 129, 80), 0, 0, "mixed, running max", label_dtypes=(torch.int32,), hyper=RUNNING_MAX_HYPER),
     Case((3, 33, 7), 3, 1, "mixed, running max", label_dtypes=(torch.int64,), hyper=RUNNING_MAX_HYPER),
+    Case((3, 37, 13), 3, 0, "mixed, running max, heads and tails", (torch.float16,), (torch.int64,), hyper=RUNNING_MAX_HYPER),
     # 4 x 700 items of 80 elements: more than one wave of blocks on any GPU (8 blocks per multiprocessor, at most 300 of them)
     Case((4, 700, 80), 0, 0, "mixed, several items per block", label_dtypes=(torch.int32,), blocks_per_group=700),
+    # the same with heads and tails: ranges of 96 elements at C = 81, 3 elements off a 16-byte boundary
+    Case((4, 601, 81), 3, 0, "mixed, several items per block, heads and tails", (torch.bfloat16,), (torch.int32,), blocks_per_group=600),
     # the forward's anchor-aligned walks (C a multiple of the vector width, aligned logits)
     Case((2, 257, 80), 0, 0, "mixed", ALIGNED_DTYPES, forward_walk="aligned"),
     Case((2, 257, 80), 0, 1, "mixed", ALIGNED_DTYPES, forward_walk="pipelined"),

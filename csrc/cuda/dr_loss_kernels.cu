@@ -17,7 +17,7 @@
 // are in flight. The few elements before the first aligned vector (head) and after the last
 // (tail) are taken one by one. When the logits sit at another offset from a 16-byte boundary
 // than the gradient (a view with a storage offset), the backward still stores 16-byte vectors
-// and loads the logits in the widest pieces their relative offset allows.
+// and loads the logits element by element.
 //
 // Labels are read once per anchor segment of a vector: a vector of N elements covers one or a
 // few anchors, and two bit masks (counted, positive) classify its elements. The (anchor, class)
