@@ -10,16 +10,15 @@ ignored, one with no positive, and no anchors at all; and the kernel paths only 
 inputs reach: float16/bfloat16 logits with C = 80 at storage offsets 1-7 (the backward's
 vector walk with element-wise logit loads; C = 13 and 81 at an offset add heads, tails and
 vectors across anchors), temperatures below 1/64 (the running-max forward, with vectors and
-element by element) and more work items than the grid has blocks
-(DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores) or more blocks than a group has
-elements for, and the forward's anchor-aligned and pipelined walks (DRLOSS_CUDA_FORWARD, which
-the CPU ignores too). Outputs are poisoned (NaN) before the
-kernels write them. For each case the per-group losses, the statistics and the gradient (for a
-random upstream gradient) are checked against float64 on the CPU, on the same (rounded)
-logits, element by element with the tests' bounds (tests/kernel_runs.py,
-assert_run_matches_float64; a 16-bit gradient against the float32 run of the same logits).
-Exits 1 if any case differs: the sanitizer's exit code says whether memory was accessed
-correctly, this one whether the results are right.
+element by element), more work items than the grid has blocks or more blocks than a group has
+elements for (DRLOSS_CUDA_BLOCKS_PER_GROUP, which the CPU ignores), and the forward's
+anchor-aligned and pipelined walks (DRLOSS_CUDA_FORWARD, which the CPU ignores too). Outputs
+are poisoned (NaN) before the kernels write them. For each case the per-group losses, the
+statistics and the gradient (for a random upstream gradient) are checked against float64 on
+the CPU, on the same (rounded) logits, element by element with the tests' bounds
+(tests/kernel_runs.py, assert_run_matches_float64; a 16-bit gradient against the float32 run
+of the same logits). Exits 1 if any case differs: the sanitizer's exit code says whether
+memory was accessed correctly, this one whether the results are right.
 """
 
 import argparse

@@ -273,6 +273,7 @@ def test_forward_walks_step_measures_first_and_tests_as_time_allows(tmp_path, li
 # step reads.
 BUILD_STUB_PYTHON = """#!/usr/bin/env bash
 echo "stub: $*" >&2
+echo "PYTHONPATH: $PYTHONPATH" >&2
 case "$*" in
   *get_device_capability*) echo "9.0" ;;
   *prebuilt_extension.py*) echo "prebuilt check: exit $PREBUILT_RC"; exit "$PREBUILT_RC" ;;
@@ -294,6 +295,9 @@ def test_build_step_reuses_a_matching_prebuilt_extension_instead_of_building(tmp
     runs = [line[len("stub: "):] for line in result.stderr.splitlines() if line.startswith("stub: ")]
     assert "get_device_capability" in runs[0]
     assert runs[1] == "tools/prebuilt_extension.py --arch 9.0"
+    # A reused extension is not pip-installed: every step finds the checkout's package first.
+    paths = {line.split(": ", 1)[1].split(":")[0] for line in result.stderr.splitlines() if line.startswith("PYTHONPATH: ")}
+    assert paths == {str(REPO)}, paths
     if reusable:
         assert len(runs) == 2, runs
         assert result.stdout.rstrip().splitlines()[-1] == "prebuilt check: exit 0"
@@ -301,10 +305,3 @@ def test_build_step_reuses_a_matching_prebuilt_extension_instead_of_building(tmp
         assert runs[2].startswith("-m pip install --no-index --no-build-isolation --no-deps -v -e ."), runs
         assert "assert info['cuda']" in runs[3] and len(runs) == 4, runs
 
-
-def test_every_step_imports_the_checkouts_own_package():
-    """A reused extension is not pip-installed: the scripts the steps run from benchmarks/ and
-    tools/ find the package through PYTHONPATH, which the device check sets to the checkout."""
-    text = SCRIPT.read_text()
-    assert re.search(r'^export PYTHONPATH="\$PWD\$\{PYTHONPATH:\+:\$PYTHONPATH\}"$', text, re.M)
-    assert text.index("export PYTHONPATH=") < text.index('if [ "${1:-}" = "--step" ]')
