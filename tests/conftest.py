@@ -28,6 +28,13 @@ CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(CUDA_SKIP_REASON is not None, 
 
 
 
+def free_gpu_memory_or_skip(needed):
+    """Skips the test, saying why, where the current GPU has fewer than `needed` bytes free."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < needed:
+        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+
+
 def cuda_only(test):
     """A test function with the CUDA_ONLY marks."""
     for mark in CUDA_ONLY:

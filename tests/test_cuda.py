@@ -16,7 +16,7 @@ import re
 import pytest
 import torch
 
-from conftest import CUDA_ONLY, CUDA_SKIP_REASON
+from conftest import CUDA_ONLY, CUDA_SKIP_REASON, free_gpu_memory_or_skip
 from kernel_runs import HYPER, assert_cuda_matches_cpu, capture_loss_and_backward, assert_run_matches_float64, float64_eval, make_inputs, run_ops
 from kernel_trace import grids_of, launched_kernels
 from tolerances import (
@@ -317,12 +317,6 @@ def test_many_groups(generator):
 # --- more than 2^31 elements ----------------------------------------------------------------------
 
 
-def _free_memory_or_skip(needed):
-    free, _ = torch.cuda.mem_get_info()
-    if free < needed:
-        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
-
-
 def test_element_index_above_2_pow_31_in_one_group(generator):
     """One pooled group of more than 2^31 bfloat16 logits, with the elements that decide the loss
     (the negatives' largest and the positives' smallest probabilities) beyond element 2^31: the
@@ -335,7 +329,7 @@ def test_element_index_above_2_pow_31_in_one_group(generator):
     M = boundary_row + 1 + tail_rows
     assert (boundary_row + 1) * C > 2**31
     dtype = torch.bfloat16
-    _free_memory_or_skip(M * C * 2 * 2 + M * 4 + (6 << 30))  # logits, gradient, float64 chunks
+    free_gpu_memory_or_skip(M * C * 2 * 2 + M * 4 + (6 << 30))  # logits, gradient, float64 chunks
     pos_lambda, neg_lambda, L, tau, margin = HYPER
     s_neg, s_pos = 1.0 / neg_lambda, -1.0 / pos_lambda
 
@@ -427,7 +421,7 @@ def test_batch_over_2_pow_31_elements_float16(generator):
     total = N * R * K * C
     assert total > 2**31
     # logits + gradient (float16) + labels (int32) + one image's NaN mask + slack
-    _free_memory_or_skip(total * 2 * 2 + N * R * K * 4 + total // N + (1 << 30))
+    free_gpu_memory_or_skip(total * 2 * 2 + N * R * K * 4 + total // N + (1 << 30))
     small, small_labels = make_inputs((N, K, C), torch.float16, label_dtype=torch.int32)
     ones = torch.ones(N, dtype=torch.float64)
     ref = dense_float64(small, small_labels, *HYPER, 0, grad_losses=ones)

@@ -12,7 +12,7 @@ value of the switch: tests/test_cuda.py). CUDA only: these skip visibly without 
 import pytest
 import torch
 
-from conftest import CUDA_ONLY
+from conftest import CUDA_ONLY, free_gpu_memory_or_skip
 from kernel_runs import HYPER, assert_cuda_matches_cpu, at_storage_offset, capture_loss_and_backward, make_inputs, run_ops
 from kernel_trace import launched_kernels, template_arguments
 from problems import expected_loss
@@ -104,10 +104,7 @@ def test_aligned_walks_with_other_fixed_shift_hyperparameters(generator, monkeyp
 def test_groups_of_2_30_elements_or_more_run_the_general_walk(monkeypatch, tmp_path, walk, anchors, expected):
     """The walks keep a group's positions in 32 bits: a group of 2^30 elements or more runs the
     general walk. With every p equal to 1/2 the loss is known in closed form either way."""
-    needed = anchors * 1024 * 2 + (1 << 30)
-    free, _ = torch.cuda.mem_get_info()
-    if free < needed:
-        pytest.skip(f"needs {needed / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    free_gpu_memory_or_skip(anchors * 1024 * 2 + (1 << 30))
     from drloss_cuda.ops import forward_op
 
     monkeypatch.setenv("DRLOSS_CUDA_FORWARD", walk)
