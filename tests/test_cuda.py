@@ -227,8 +227,10 @@ def test_extreme_logits_and_small_lambdas(generator, lambdas):
 
 def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
     """DRLOSS_CUDA_BLOCKS_PER_GROUP=k sets the forward's blocks per group at each call. Every k,
-    with one block, a few, and more blocks than the group has 16-element ranges (empty trailing
-    ranges), gives the loss and statistics of float64 and of every other k to rounding."""
+    with one block, a few, more blocks than the group has 16-element ranges (empty trailing
+    ranges), and more partials than the finalize's 32 lanes load in one batch of 8 each (600:
+    the third batch part-full), gives the loss and statistics of float64 and of every other k
+    to rounding."""
     shape = (2, 301, 7)  # 2,107 elements per group: 132 ranges of 16
     ranges = math.ceil(301 * 7 / 16)
     logits, labels = make_inputs(shape)
@@ -236,7 +238,7 @@ def test_every_number_of_blocks_per_group(generator, monkeypatch, tmp_path):
     g = torch.rand(2, dtype=torch.float32) + 0.5
     ref = float64_eval(logits, labels, 0, g)
     results = {}
-    for k in (1, 2, 3, 7, ranges + 68):
+    for k in (1, 2, 3, 7, ranges + 68, 600):
         monkeypatch.setenv("DRLOSS_CUDA_BLOCKS_PER_GROUP", str(k))
         results[k] = run_ops(x, y, 0, g)
         assert_run_matches_float64(x, y, 0, results[k], ref)

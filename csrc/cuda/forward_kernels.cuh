@@ -10,6 +10,7 @@ namespace {
 
 constexpr int kFinalizeThreads = 128;          // one warp per group
 constexpr int kFinalizeWarps = kFinalizeThreads / 32;
+constexpr int kFinalizeBatch = 8;              // partials a lane loads before merging them
 
 // ---------------------------------------------------------------------------------------------
 // Forward.
@@ -306,7 +307,9 @@ __global__ void __launch_bounds__(kThreads, kPipelined ? kMinBlocksPerSM - 1 : k
 }
 
 // One warp per group: lane l merges partials l, l + 32, ... in order, then the lanes merge in
-// a fixed tree; everything in double, as the CPU merges its chunks.
+// a fixed tree; everything in double, as the CPU merges its chunks. A lane loads a batch of its
+// partials before merging any: a merge branches, so loads after it would wait for it, one L2
+// round trip per partial (a pooled group has hundreds of partials).
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const double* __restrict__ partials, int64_t groups,
@@ -318,10 +321,26 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   for (int64_t g = first; g < groups; g += step) {  // uniform across the warp
     SoftmaxTriple<double> neg = SoftmaxTriple<double>::empty();
     SoftmaxTriple<double> pos = SoftmaxTriple<double>::empty();
-    for (int64_t b = lane; b < blocks_per_group; b += 32) {
-      const double* part = partials + (g * blocks_per_group + b) * kPartialDoubles;
-      neg.merge(SoftmaxTriple<double>{part[0], part[1], part[2]});
-      pos.merge(SoftmaxTriple<double>{part[3], part[4], part[5]});
+    const double* group_partials = partials + g * blocks_per_group * kPartialDoubles;
+    for (int64_t b0 = lane; b0 < blocks_per_group; b0 += 32 * kFinalizeBatch) {
+      double part[kFinalizeBatch][kPartialDoubles];
+#pragma unroll
+      for (int j = 0; j < kFinalizeBatch; ++j) {
+        const int64_t b = b0 + 32 * j;
+        if (b < blocks_per_group) {
+#pragma unroll
+          for (int k = 0; k < kPartialDoubles; ++k) {
+            part[j][k] = group_partials[b * kPartialDoubles + k];
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kFinalizeBatch; ++j) {
+        if (b0 + 32 * j < blocks_per_group) {
+          neg.merge(SoftmaxTriple<double>{part[j][0], part[j][1], part[j][2]});
+          pos.merge(SoftmaxTriple<double>{part[j][3], part[j][4], part[j][5]});
+        }
+      }
     }
     warp_merge<32>(neg);
     warp_merge<32>(pos);
