@@ -10,7 +10,7 @@ from pathlib import Path
 import drloss_cuda
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = ["sigmoid_dr_loss", "SigmoidDRLoss", "binary_cross_entropy_with_logits", "focal loss (9 ops)"]
+ROWS = ["sigmoid_dr_loss", "SigmoidDRLoss", "binary_cross_entropy_with_logits", "focal loss (16 ops)"]
 
 
 def run_host_time(*extra):
@@ -42,3 +42,28 @@ def test_a_baseline_build_is_timed_in_the_same_run():
     folder = Path(drloss_cuda.__file__).resolve().parents[1]
     rows = table_rows(run_host_time("--device", "cpu", "--host-baseline", str(folder)))
     assert list(rows) == ROWS + ["sigmoid_dr_loss (baseline)", "SigmoidDRLoss (baseline)"]
+
+
+def test_the_focal_loss_row_names_the_ops_it_dispatches():
+    """The focal loss case's label counts the aten ops its formula dispatches per forward."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench.host_time import PEER_CASES, focal_loss
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 16, 4)
+    t = (torch.rand(2, 16, 4) > 0.9).float()
+    with Recorder() as recorder:
+        focal_loss(x, t)
+    label = next(name for name in PEER_CASES if name.startswith("focal loss"))
+    assert label == f"focal loss ({len(recorder.ops)} ops)", recorder.ops
