@@ -308,8 +308,8 @@ __global__ void __launch_bounds__(kThreads, kPipelined ? kMinBlocksPerSM - 1 : k
 
 // One warp per group: lane l merges partials l, l + 32, ... in order, then the lanes merge in
 // a fixed tree; everything in double, as the CPU merges its chunks. A lane loads a batch of its
-// partials before merging any: a merge branches, so loads after it would wait for it, one L2
-// round trip per partial (a pooled group has hundreds of partials).
+// partials before merging any: a merge branches, and a load written after one waits for it
+// (a pooled group has hundreds of partials, each a dependent L2 round trip otherwise).
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const double* __restrict__ partials, int64_t groups,
