@@ -117,7 +117,7 @@ def build_record(with_cuda, cuda_absent_reason):
             "torch_cuda": torch.version.cuda,
             "cuda_archs": cuda_archs() if with_cuda else None,
             "cuda_absent_reason": cuda_absent_reason,
-            "sources": load_build_sources().source_digest(HERE),
+            "sources": load_build_sources().source_digest(HERE, with_cuda),
         }
     )
 

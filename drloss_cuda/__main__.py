@@ -30,7 +30,7 @@ def describe():
             f"warning: built against torch {info['torch']} but running torch {torch.__version__}: "
             "rebuild with `pip install --no-build-isolation -e .`"
         )
-    lines += describe_sources(info["sources"])
+    lines += describe_sources(info["sources"], info["cuda"])
     if info["cuda"]:
         lines.append(f"CUDA kernels: yes, for architectures {info['cuda_archs']}")
         lines += describe_gpus(info["cuda_archs"])
@@ -40,14 +40,15 @@ def describe():
     return "\n".join(lines)
 
 
-def describe_sources(built_from):
+def describe_sources(built_from, with_cuda):
     """The sources the build was compiled from and, for an in-tree build, whether the sources
-    beside it are still those (an edited kernel runs only once the extension is rebuilt)."""
+    beside it are still those (an edited kernel runs only once the extension is rebuilt; a
+    build without the CUDA kernels is not concerned by their files)."""
     line = f"built from sources {built_from[:12] if built_from else '(not recorded)'}"
     root = source_root(os.path.dirname(drloss_cuda.__file__))
     if root is None or not built_from:
         return [line]
-    if source_digest(root) == built_from:
+    if source_digest(root, with_cuda) == built_from:
         return [f"{line}, those in {root}"]
     return [
         line,

@@ -1,5 +1,5 @@
 """The digest of the sources the extension is compiled from (setup.py and the C++/CUDA files
-under csrc/). setup.py compiles it into the build record, so that a build can be matched to its
+under csrc/, less csrc/cuda/ for a build without the CUDA kernels). setup.py compiles it into the build record, so that a build can be matched to its
 sources: `python -m drloss_cuda` says when the sources beside an in-tree build have changed
 since it was built. Plain Python without torch: setup.py loads this file by its path, before
 the package can be imported."""
@@ -10,18 +10,20 @@ import os
 SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
 
 
-def source_files(root):
-    """setup.py and every C++/CUDA file under root/csrc, as sorted '/'-separated paths."""
+def source_files(root, with_cuda=True):
+    """setup.py and every C++/CUDA file under root/csrc, as sorted '/'-separated paths; without
+    those under csrc/cuda/ when with_cuda is false (a CPU-only build compiles none of them)."""
     files = ["setup.py"]
     for folder, _, names in os.walk(os.path.join(root, "csrc")):
         files += [os.path.relpath(os.path.join(folder, name), root) for name in names if name.endswith(SOURCE_SUFFIXES)]
-    return sorted(path.replace(os.sep, "/") for path in files)
+    files = sorted(path.replace(os.sep, "/") for path in files)
+    return files if with_cuda else [path for path in files if not path.startswith("csrc/cuda/")]
 
 
-def source_digest(root):
-    """SHA-256 (hex) of the source files' paths and contents."""
+def source_digest(root, with_cuda=True):
+    """SHA-256 (hex) of the paths and contents of source_files(root, with_cuda)."""
     digest = hashlib.sha256()
-    for path in source_files(root):
+    for path in source_files(root, with_cuda):
         with open(os.path.join(root, path), "rb") as source:
             content = source.read()
         digest.update(f"{path}\0{len(content)}\0".encode())

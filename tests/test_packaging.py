@@ -205,7 +205,8 @@ def test_the_build_records_the_sources_it_was_compiled_from():
     root = source_root(os.path.dirname(drloss_cuda.__file__))
     if root is None:
         pytest.skip("an installed package: the sources it was built from are not beside it")
-    assert drloss_cuda.build_info()["sources"] == source_digest(root), (
+    info = drloss_cuda.build_info()
+    assert info["sources"] == source_digest(root, info["cuda"]), (
         f"the extension was built from other sources than those in {root}: rebuild it"
     )
 
@@ -236,21 +237,32 @@ def test_the_source_digest_covers_every_source_and_nothing_else(tmp_path):
     assert source_digest(make_source_tree(tmp_path / "renamed", renamed)) != built
     not_sources = {**files, "csrc/notes.md": "edited", "csrc/k.o": "rebuilt", "README.md": "new"}
     assert source_digest(make_source_tree(tmp_path / "not_sources", not_sources)) == built
+    # A build without the CUDA kernels compiles nothing under csrc/cuda/.
+    assert source_files(tree, with_cuda=False) == ["csrc/a.h", "csrc/b.h", "setup.py"]
+    cpu_built = source_digest(tree, with_cuda=False)
+    assert cpu_built != built
+    assert source_digest(tmp_path / "a_kernel_edited", with_cuda=False) == cpu_built
+    assert source_digest(tmp_path / "setup.py_edited", with_cuda=False) != cpu_built
 
 
 def test_python_m_drloss_cuda_says_when_the_sources_changed_since_the_build(tmp_path, monkeypatch):
     import drloss_cuda.__main__ as cli
 
-    tree = make_source_tree(tmp_path, {"setup.py": "setup()", "csrc/a.h": "a"})
+    tree = make_source_tree(tmp_path, {"setup.py": "setup()", "csrc/a.h": "a", "csrc/cuda/k.cu": "kernel"})
     built = source_digest(tree)
+    cpu_built = source_digest(tree, with_cuda=False)
     monkeypatch.setattr(cli, "source_root", lambda package_dir: str(tree))
-    assert cli.describe_sources(built) == [f"built from sources {built[:12]}, those in {tree}"]
-    (tree / "csrc" / "a.h").write_text("edited")
-    lines = cli.describe_sources(built)
+    assert cli.describe_sources(built, True) == [f"built from sources {built[:12]}, those in {tree}"]
+    # A kernel edited: the CUDA build is stale, a CPU-only build is not.
+    (tree / "csrc" / "cuda" / "k.cu").write_text("edited")
+    assert cli.describe_sources(cpu_built, False) == [f"built from sources {cpu_built[:12]}, those in {tree}"]
+    lines = cli.describe_sources(built, True)
     assert lines[0] == f"built from sources {built[:12]}"
     assert lines[1].startswith(f"warning: the sources in {tree} have changed since this build: rebuild")
+    (tree / "csrc" / "a.h").write_text("edited")
+    assert cli.describe_sources(cpu_built, False)[1].startswith(f"warning: the sources in {tree} have changed")
     monkeypatch.setattr(cli, "source_root", lambda package_dir: None)  # an installed package
-    assert cli.describe_sources(built) == [f"built from sources {built[:12]}"]
+    assert cli.describe_sources(built, True) == [f"built from sources {built[:12]}"]
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def main(argv=None):
         print(f"no prebuilt extension to reuse: {type(error).__name__}: {error}")
         return 1
     info = drloss_cuda.build_info()
-    reasons = reasons_not_to_reuse(info, extension.__file__, torch.__version__, args.arch, source_digest(str(REPO)))
+    reasons = reasons_not_to_reuse(info, extension.__file__, torch.__version__, args.arch, source_digest(str(REPO), with_cuda=True))
     if reasons:
         print(f"not reusing {extension.__file__}: " + "; ".join(reasons))
         return 1
