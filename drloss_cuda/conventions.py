@@ -48,6 +48,8 @@ def _as_batch(per_image, name):
 
 
 def _check_integer(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be an integer tensor, got {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
 
@@ -96,6 +98,9 @@ def from_torchvision(matched_idxs, gt_labels, num_classes, *, check=True):
         raise ValueError(f"gt_labels has {len(gt_labels)} images, matched_idxs has {matched.shape[0]}")
     _check_integer("matched_idxs", matched)
     for i, gt in enumerate(gt_labels):
+        if isinstance(gt, dict):
+            raise TypeError(f"gt_labels[{i}] is a dict: pass each image's box labels, "
+                            "[t[\"labels\"] for t in targets], not the targets")
         _check_integer(f"gt_labels[{i}]", gt)
     if check:
         ranges = []
@@ -141,17 +146,23 @@ def from_mmdet(labels, label_weights, num_classes, *, check=True):
         labels: [N, A] int tensor (0..C-1 classes, C background), or a per-level list of
             [N, A_l] tensors (concatenated in level order, as `concat_levels` does).
         label_weights: same shapes, float; 0 = ignore, 1 = counts. DR loss has no per-anchor
-            weight, so with check=True any other weight raises.
+            weight, so with check=True any other weight raises. None: every anchor counts.
         num_classes: C, the number of columns of `cls_score` (mmdetection's num_classes with
             use_sigmoid=True).
     """
     if isinstance(labels, (list, tuple)):
         labels = torch.cat(list(labels), dim=1)
+    _check_integer("labels", labels)
+    if label_weights is None:
+        if check:
+            _check_range("labels", labels, 0, num_classes + 1)
+        return labels.long()
     if isinstance(label_weights, (list, tuple)):
         label_weights = torch.cat(list(label_weights), dim=1)
+    if not isinstance(label_weights, torch.Tensor):
+        raise TypeError(f"label_weights must be a tensor or None, got {type(label_weights).__name__}")
     if labels.shape != label_weights.shape:
         raise ValueError(f"labels {list(labels.shape)} and label_weights {list(label_weights.shape)} differ in shape")
-    _check_integer("labels", labels)
     if check:
         _check_range("labels", labels, 0, num_classes + 1)
         if label_weights.numel() and bool(((label_weights != 0) & (label_weights != 1)).any()):

@@ -65,6 +65,12 @@ def test_torchvision_checks():
         conventions.from_torchvision([torch.tensor([-3])], [torch.tensor([2])], 4)
     with pytest.raises(TypeError, match="matched_idxs"):
         conventions.from_torchvision([torch.tensor([0.0])], [torch.tensor([2])], 4)
+    # torchvision's targets (dicts) where their labels belong, and labels not in a tensor
+    targets = [{"boxes": torch.zeros(1, 4), "labels": torch.tensor([2])}]
+    with pytest.raises(TypeError, match=r'gt_labels\[0\] is a dict: .*\[t\["labels"\] for t in targets\]'):
+        conventions.from_torchvision([torch.tensor([0, -1])], targets, 4)
+    with pytest.raises(TypeError, match=r"gt_labels\[0\] must be an integer tensor, got list"):
+        conventions.from_torchvision([torch.tensor([0, -1])], [[2]], 4)
 
 
 def test_torchvision_checks_a_batch_with_one_host_sync(monkeypatch):
@@ -150,6 +156,14 @@ def test_mmdet_labels_and_weights(generator):
         conventions.from_mmdet(flat_labels, flat_weights * 0.5 + 0.5, c)
     with pytest.raises(ValueError, match="labels"):
         conventions.from_mmdet(flat_labels + 1, flat_weights, c)
+    # No weights: every anchor counts (as MMDetSigmoidDRLoss takes label_weights=None).
+    assert torch.equal(conventions.from_mmdet(labels, None, c), flat_labels)
+    with pytest.raises(ValueError, match="labels"):
+        conventions.from_mmdet(flat_labels + 1, None, c)
+    with pytest.raises(TypeError, match="labels must be an integer tensor, got NoneType"):
+        conventions.from_mmdet(None, flat_weights, c)
+    with pytest.raises(TypeError, match="label_weights must be a tensor or None, got float"):
+        conventions.from_mmdet(flat_labels, 1.0, c)
 
 
 def test_level_logits_and_concat_order(generator):

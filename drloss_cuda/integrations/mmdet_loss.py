@@ -36,8 +36,8 @@ class MMDetSigmoidDRLoss(nn.Module):
             for one FPN level).
         labels: [N, A] or [M], mmdet's convention (0..C-1 classes, C background).
         label_weights: same shape; 0 drops the anchor (between the IoU thresholds, outside the
-            image), 1 keeps it. DR loss has no per-anchor weight: any other value raises (with
-            check_targets).
+            image), 1 keeps it; None keeps every anchor. DR loss has no per-anchor weight: any
+            other value raises (with check_targets).
         avg_factor: accepted and not used. mmdet passes the number of positives to normalize a
             sum over anchors; DR loss is one value per group, not such a sum.
     """
@@ -64,8 +64,6 @@ class MMDetSigmoidDRLoss(nn.Module):
         if cls_score.dim() not in (2, 3):
             raise ValueError(f"cls_score must be [N, A, C] or [M, C], got shape {list(cls_score.shape)}")
         num_classes = cls_score.shape[-1]
-        if label_weights is None:
-            label_weights = labels.new_ones(labels.shape)
         # mmdet's background is num_classes already; only the dropped anchors need rewriting.
         labels = conventions.from_mmdet(labels, label_weights, num_classes, check=self.check_targets)
         loss_fn = self.loss_fn if self.loss_fn is not None else _fused_loss()
