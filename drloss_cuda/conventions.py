@@ -170,6 +170,25 @@ def from_mmdet(labels, label_weights, num_classes, *, check=True):
     return torch.where(label_weights > 0, labels.long(), IGNORE)
 
 
+def check_box_labels(box_labels, num_classes, name="box labels"):
+    """Checks the ground-truth boxes' class labels, a list of per-image tensors, against
+    [0, num_classes - 1] with one host sync. mmdetection and detectron2 number classes from 0
+    and write background as num_classes once anchors are matched, so a box labelled
+    num_classes (classes numbered from 1, or num_classes one short) would train as background
+    without an error: this check catches it before the matching."""
+    labels = [t.reshape(-1) for t in box_labels]
+    for i, t in enumerate(labels):
+        _check_integer(f"{name}[{i}]", t)
+    labels = [t for t in labels if t.numel()]
+    if not labels:
+        return
+    labels = torch.cat([t.to(labels[0].device) for t in labels])
+    outside = (labels < 0) | (labels >= num_classes)
+    if bool(outside.any()):
+        raise ValueError(f"{name} must lie in [0, {num_classes - 1}] (num_classes={num_classes}, classes numbered "
+                         f"from 0), found {labels[outside][0].item()}")
+
+
 def level_logits(cls_score, num_classes):
     """One FPN level's head output [N, A*C, H, W] -> [N, H*W*A, C], anchors ordered
     (y, x, anchor), as mmdetection and detectron2 flatten their anchors (and their targets)."""

@@ -3,6 +3,7 @@ environment requires every framework (DRLOSS_REQUIRE_FRAMEWORKS=1, set by CI's f
 part), where a framework that does not import fails the test instead."""
 
 import os
+import pathlib
 
 import pytest
 import torch
@@ -21,6 +22,13 @@ def framework_or_skip(name):
         if os.environ.get(REQUIRE_FRAMEWORKS) == "1":
             pytest.fail(f"{REQUIRE_FRAMEWORKS}=1 but {error}")
         pytest.skip(str(error))
+
+
+def doc_snippet(heading):
+    """The first ```python block under a heading of docs/integration.md."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def cls_loss_spy(loss, record):

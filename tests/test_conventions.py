@@ -223,3 +223,17 @@ def test_one_hot_targets_matches_loss_semantics(generator):
     logits = torch.randn(n, a, c, dtype=torch.float64)
     torch.testing.assert_close(drloss_cuda.sigmoid_dr_loss(logits, labels),
                                reference.sigmoid_dr_loss(logits, official, first_label=1), rtol=1e-12, atol=1e-12)
+
+
+def test_check_box_labels_catches_a_class_numbered_num_classes():
+    """Box labels must be class columns, 0..num_classes-1: a label equal to num_classes (classes
+    numbered from 1) would be matched as background by mmdetection and detectron2."""
+    conventions.check_box_labels([torch.tensor([0, 2]), torch.tensor([], dtype=torch.int64), torch.tensor([1])], 3)
+    conventions.check_box_labels([], 3)
+    conventions.check_box_labels([torch.zeros(0, dtype=torch.int64)], 3)
+    with pytest.raises(ValueError, match=r"gt\.labels must lie in \[0, 2\] \(num_classes=3, classes numbered from 0\), found 3"):
+        conventions.check_box_labels([torch.tensor([0]), torch.tensor([2, 3])], 3, "gt.labels")
+    with pytest.raises(ValueError, match="found -1"):
+        conventions.check_box_labels([torch.tensor([-1])], 3)
+    with pytest.raises(TypeError, match=r"box labels\[1\] must be an integer tensor, got torch.float32"):
+        conventions.check_box_labels([torch.tensor([0]), torch.tensor([1.0])], 3)

@@ -12,7 +12,7 @@ import torch
 
 from drloss_cuda import reference
 from drloss_cuda.initialization import prior_bias
-from framework_support import cls_loss_spy, framework_or_skip, painted_images
+from framework_support import cls_loss_spy, doc_snippet, framework_or_skip, painted_images
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 128
@@ -145,3 +145,43 @@ def test_detectron2_defaults_and_config_checks(tmp_path):
     cfg.MODEL.DR_LOSS.PRIOR_PROB = 1.0
     with pytest.raises(ValueError, match="prior"):
         _build(cfg)
+
+
+def test_docs_detectron2_snippet_builds_and_its_config_reloads(tmp_path):
+    """The documented snippet, as written (the model zoo's RetinaNet FPN config): the model builds
+    as DRLossRetinaNet at the prior 0.5. The config it dumps (as detectron2 saves the one it
+    trains with) merges back after add_dr_loss_config, and only then."""
+    integration = framework_or_skip("drloss_cuda.integrations.detectron2")
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    namespace = {}
+    exec(compile(doc_snippet("detectron2"), "docs/integration.md", "exec"), namespace)
+    cfg = namespace["cfg"]
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)  # no checkpoint is loaded: that is DetectionCheckpointer's job
+    assert type(model).__name__ == "DRLossRetinaNet" and model.num_classes == 80
+    assert torch.equal(model.head.cls_score.bias.detach(), torch.zeros_like(model.head.cls_score.bias))
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    with pytest.raises(KeyError, match="MODEL.DR_LOSS"):
+        get_cfg().merge_from_file(str(path))
+    reloaded = integration.add_dr_loss_config(get_cfg())
+    reloaded.merge_from_file(str(path))
+    assert reloaded.MODEL.DR_LOSS == cfg.MODEL.DR_LOSS
+
+
+def test_detectron2_box_of_class_num_classes_raises(tmp_path):
+    """Classes numbered from 1 (a box of class K): detectron2 would match it as background; the
+    model says so at the training step, unless check_targets is off."""
+    from detectron2.utils.events import EventStorage
+
+    cfg = _config(tmp_path)
+    batch = _batch(seed=1)
+    batch[1]["instances"].gt_classes[0] = NUM_CLASSES
+    model = _build(cfg)
+    with EventStorage(0), pytest.raises(ValueError, match=r"gt_instances\.gt_classes must lie in \[0, 2\] .*found 3"):
+        model(copy.deepcopy(batch))
+    model.check_targets = False
+    with EventStorage(0):
+        assert torch.isfinite(model(copy.deepcopy(batch))["loss_cls"])

@@ -12,7 +12,7 @@ import torch
 
 from drloss_cuda import reference, sigmoid_dr_loss
 from drloss_cuda.initialization import prior_bias
-from framework_support import cls_loss_spy, framework_or_skip, painted_images
+from framework_support import cls_loss_spy, doc_snippet, framework_or_skip, painted_images
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 128
@@ -174,3 +174,46 @@ def test_mmdet_head_defaults_and_config_checks(tmp_path):
         MODELS.build(_config(tmp_path, loss_cls=dict(type="SigmoidDRLoss", neg_lambda=1e-6)).model)
     with pytest.raises(TypeError, match="loss_cls must be a SigmoidDRLoss"):
         MODELS.build(_config(tmp_path, loss_cls=dict(type="FocalLoss", use_sigmoid=True)).model)
+
+
+def test_docs_mmdet_config_over_mmdets_retinanet_builds(tmp_path):
+    """The documented config, as written, inherits mmdet's own RetinaNet model: its loss_cls is
+    SigmoidDRLoss with none of the base FocalLoss's keys, and the model builds. Without
+    `_delete_=True` the base's gamma and alpha reach SigmoidDRLoss, whose error says so."""
+    framework_or_skip("drloss_cuda.integrations.mmdet")
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    snippet = doc_snippet("mmdetection (3.x)")
+    assert "_delete_=True" in snippet
+    path = tmp_path / "dr_loss_retinanet.py"
+    path.write_text(snippet)
+    config = Config.fromfile(str(path))
+    assert dict(config.model.bbox_head.loss_cls) == dict(type="SigmoidDRLoss", use_sigmoid=True, loss_weight=1.0)
+    register_all_modules()
+    model = MODELS.build(config.model)  # no init_weights: the base's backbone would be downloaded
+    assert type(model.bbox_head).__name__ == "DRLossRetinaHead" and model.bbox_head.prior_prob == 0.5
+    assert model.bbox_head.num_classes == 80 and type(model.bbox_head.loss_cls).__name__ == "MMDetSigmoidDRLoss"
+    merged = tmp_path / "merged.py"
+    merged.write_text(snippet.replace("_delete_=True, ", ""))
+    with pytest.raises(TypeError, match=r"\['alpha', 'gamma'\]: FocalLoss's arguments.*_delete_=True"):
+        MODELS.build(Config.fromfile(str(merged)).model)
+
+
+def test_mmdet_box_labelled_num_classes_raises(tmp_path):
+    """Classes numbered from 1 (a box labelled num_classes): mmdet would match it as background;
+    the head says so at the training step, unless the loss's check_targets is off."""
+    from mmengine.optim import OptimWrapper
+
+    data = _batch(seed=1)
+    data["data_samples"][1].gt_instances.labels[0] = NUM_CLASSES
+    for check in (True, False):
+        loss_cls = dict(type="SigmoidDRLoss", use_sigmoid=True, check_targets=check)
+        model = _build(_config(tmp_path, loss_cls=loss_cls))
+        optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+        if check:
+            with pytest.raises(ValueError, match=r"gt_instances\.labels must lie in \[0, 2\] .*found 3"):
+                model.train_step(copy.deepcopy(data), optim_wrapper)
+        else:
+            assert math.isfinite(model.train_step(copy.deepcopy(data), optim_wrapper)["loss_cls"].item())

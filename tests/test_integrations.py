@@ -27,7 +27,7 @@ from drloss_cuda.integrations.detectron2_loss import (
     options_from_config,
 )
 from drloss_cuda.integrations.mmdet_loss import MMDetSigmoidDRLoss, head_loss_cls_config, multilevel_classification_loss
-from framework_support import REQUIRE_FRAMEWORKS, framework_or_skip
+from framework_support import REQUIRE_FRAMEWORKS, doc_snippet, framework_or_skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,20 +305,11 @@ def test_torchvision_box_labels_outside_the_classes_raise(generator, bad_label):
     assert torch.isfinite(model(images, targets)["classification"])
 
 
-def _doc_snippet(heading):
-    """The first ```python block under a heading of docs/integration.md."""
-    import pathlib
-
-    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "integration.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
 def test_docs_torchvision_snippet_runs_offline(capsys):
     """The documented torchvision snippet, as written: no download, DR loss, prior 0.5."""
     framework_or_skip("torchvision")
     namespace = {}
-    exec(compile(_doc_snippet("torchvision RetinaNet"), "docs/integration.md", "exec"), namespace)
+    exec(compile(doc_snippet("torchvision RetinaNet"), "docs/integration.md", "exec"), namespace)
     head = namespace["model"].head.classification_head
     assert type(head).__name__ == "DRLossClassificationHead"
     assert torch.equal(head.cls_logits.bias.detach(), torch.zeros_like(head.cls_logits.bias))
@@ -375,6 +366,11 @@ def test_mmdet_loss_arguments():
         MMDetSigmoidDRLoss(use_sigmoid=False)
     with pytest.raises(ValueError, match="reduction"):
         MMDetSigmoidDRLoss(reduction="avg")
+    # FocalLoss's keys, which a config inheriting RetinaNet's loss_cls merges in without _delete_
+    with pytest.raises(TypeError, match=r"\['alpha', 'gamma'\]: FocalLoss's arguments.*_delete_=True"):
+        MMDetSigmoidDRLoss(gamma=2.0, alpha=0.25)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['beta'\]$"):
+        MMDetSigmoidDRLoss(beta=1.0)
     loss_module = MMDetSigmoidDRLoss(L=3.0, tau=2.0, margin=0.3, pos_lambda=0.5, neg_lambda=0.2,
                                      loss_fn=reference.sigmoid_dr_loss)
     logits, labels = torch.randn(2, 10, 3, dtype=torch.float64), torch.randint(0, 4, (2, 10))

@@ -2,17 +2,18 @@
 RetinaNet whose classification loss is DR loss (one value per image, not divided by the
 number of foreground anchors) and whose classifier starts at DR loss's prior, 0.5.
 
+    from detectron2 import model_zoo
     from detectron2.config import get_cfg
     import drloss_cuda.integrations.detectron2 as dr
 
-    cfg = get_cfg()
-    dr.add_dr_loss_config(cfg)                      # cfg.MODEL.DR_LOSS.{PRIOR_PROB, POS_LAMBDA, ...}
-    cfg.merge_from_file("configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml")
+    cfg = dr.add_dr_loss_config(get_cfg())          # cfg.MODEL.DR_LOSS.{PRIOR_PROB, POS_LAMBDA, ...}
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
     cfg.MODEL.META_ARCHITECTURE = "DRLossRetinaNet"
 
 The box regression loss is detectron2's, with its normalizer. Without add_dr_loss_config the
-defaults apply (prior 0.5, the paper's parameters); cfg.MODEL.RETINANET.PRIOR_PROB is
-overridden by cfg.MODEL.DR_LOSS.PRIOR_PROB.
+defaults apply (prior 0.5, the paper's parameters), but a config holding MODEL.DR_LOSS (one
+detectron2 saved) merges only after it; cfg.MODEL.RETINANET.PRIOR_PROB is overridden by
+cfg.MODEL.DR_LOSS.PRIOR_PROB.
 
 Importing this module imports detectron2 (0.6 or newer: RetinaNet built on DenseDetector); it
 raises ImportError when detectron2 is missing, older or fails to load.
@@ -20,6 +21,7 @@ raises ImportError when detectron2 is missing, older or fails to load.
 
 import torch
 
+from .. import conventions
 from ..initialization import DR_LOSS_PRIOR, init_classifier_prior
 from . import fused_loss_module, import_framework
 from .detectron2_loss import add_dr_loss_config, dense_classification_loss, options_from_config
@@ -40,7 +42,8 @@ class DRLossRetinaNet(_modeling.RetinaNet):
     """detectron2's RetinaNet with DR loss. Arguments: RetinaNet's, plus
         prior_prob: the classifier prior set on head.cls_score (None keeps the head's bias).
         dr_loss: the loss callable (default: the fused SigmoidDRLoss with the paper's defaults).
-        check_targets: check the anchor labels every step (see dense_classification_loss).
+        check_targets: check the boxes' classes against [0, K - 1] and the anchor labels every
+            step (see dense_classification_loss); two host syncs.
     """
 
     @configurable
@@ -61,6 +64,14 @@ class DRLossRetinaNet(_modeling.RetinaNet):
         prior, options = options_from_config(cfg)
         config.update(prior_prob=prior, dr_loss=fused_loss_module(**options))
         return config
+
+    @torch.no_grad()
+    def label_anchors(self, anchors, gt_instances):
+        # A box of class K would be matched as background, silently: check before the matching.
+        if self.check_targets:
+            conventions.check_box_labels([gt.gt_classes for gt in gt_instances], self.num_classes,
+                                         "gt_instances.gt_classes")
+        return super().label_anchors(anchors, gt_instances)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         loss_cls = dense_classification_loss(self.dr_loss, pred_logits, gt_labels, self.num_classes,

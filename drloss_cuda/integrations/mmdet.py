@@ -7,15 +7,15 @@
                        image at once (as DR loss is defined) and whose classifier starts at the
                        prior prior_prob (default 0.5, DR loss's). The box loss is RetinaHead's.
 
-In a config:
+In a config over mmdet's RetinaNet (docs/integration.md has the details):
 
+    _base_ = "mmdet::_base_/models/retinanet_r50_fpn.py"
     custom_imports = dict(imports=["drloss_cuda.integrations.mmdet"], allow_failed_imports=False)
     model = dict(
         bbox_head=dict(
             type="DRLossRetinaHead",
             prior_prob=0.5,
-            loss_cls=dict(type="SigmoidDRLoss", use_sigmoid=True, loss_weight=1.0),
-            # num_classes, in_channels, anchor_generator, bbox_coder, loss_bbox: as for RetinaHead
+            loss_cls=dict(_delete_=True, type="SigmoidDRLoss", use_sigmoid=True, loss_weight=1.0),
         ))
 
 SigmoidDRLoss in a stock head (RetinaHead with `loss_cls=dict(type="SigmoidDRLoss")`) runs,
@@ -25,6 +25,7 @@ which is not the paper's loss: use DRLossRetinaHead.
 Importing this module imports mmdet; it raises ImportError when mmdet is missing or fails to load.
 """
 
+from .. import conventions
 from ..initialization import DR_LOSS_PRIOR, init_classifier_prior, prior_bias
 from . import import_framework
 from .mmdet_loss import REGISTERED_LOSS_NAME, MMDetSigmoidDRLoss, head_loss_cls_config, multilevel_classification_loss
@@ -41,7 +42,8 @@ SigmoidDRLoss = MODELS.register_module(name=REGISTERED_LOSS_NAME, module=MMDetSi
 class DRLossRetinaHead(RetinaHead):
     """RetinaHead trained with DR loss. Arguments: RetinaHead's, plus prior_prob (the classifier
     prior set by init_weights after init_cfg; None leaves init_cfg's bias), and loss_cls
-    defaulting to SigmoidDRLoss."""
+    defaulting to SigmoidDRLoss. With the loss's check_targets (the default) each step checks
+    the boxes' labels against [0, num_classes - 1] (one host sync)."""
 
     def __init__(self, *args, prior_prob=DR_LOSS_PRIOR, loss_cls=None, **kwargs):
         super().__init__(*args, loss_cls=head_loss_cls_config(loss_cls), **kwargs)
@@ -59,6 +61,9 @@ class DRLossRetinaHead(RetinaHead):
 
     def loss_by_feat(self, cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
                      batch_gt_instances_ignore=None):
+        if self.loss_cls.check_targets:
+            conventions.check_box_labels([gt.labels for gt in batch_gt_instances], self.num_classes,
+                                         "gt_instances.labels")
         featmap_sizes = [score.shape[-2:] for score in cls_scores]
         anchor_list, valid_flag_list = self.get_anchors(featmap_sizes, batch_img_metas, device=cls_scores[0].device)
         labels, label_weights, bbox_targets, bbox_weights, avg_factor = self.get_targets(

@@ -44,8 +44,14 @@ class MMDetSigmoidDRLoss(nn.Module):
 
     def __init__(self, use_sigmoid=True, loss_weight=1.0, reduction="mean", pos_lambda=DEFAULT_POS_LAMBDA,
                  neg_lambda=DEFAULT_NEG_LAMBDA, L=DEFAULT_L, tau=DEFAULT_TAU, margin=DEFAULT_MARGIN, loss_fn=None,
-                 check_targets=True):
+                 check_targets=True, **unknown):
         super().__init__()
+        if unknown:
+            hint = ""
+            if {"gamma", "alpha"} & set(unknown):
+                hint = (": FocalLoss's arguments, merged in from a base config's loss_cls; replace it with "
+                        "loss_cls=dict(_delete_=True, type='SigmoidDRLoss', ...)")
+            raise TypeError(f"{REGISTERED_LOSS_NAME} got unexpected arguments {sorted(unknown)}{hint}")
         if use_sigmoid is not True:
             raise ValueError(f"use_sigmoid must be True (DR loss is a sigmoid loss), got {use_sigmoid!r}")
         check_reduction(reduction)
