@@ -1,8 +1,8 @@
 """The digest of the sources the extension is compiled from (setup.py and the C++/CUDA files
-under csrc/, less csrc/cuda/ for a build without the CUDA kernels). setup.py compiles it into the build record, so that a build can be matched to its
-sources: `python -m drloss_cuda` says when the sources beside an in-tree build have changed
-since it was built. Plain Python without torch: setup.py loads this file by its path, before
-the package can be imported."""
+under csrc/, less csrc/cuda/ for a build without the CUDA kernels). setup.py compiles it into
+the build record, so that a build can be matched to its sources: `python -m drloss_cuda` says
+when the sources beside an in-tree build have changed since it was built. Plain Python without
+torch: setup.py loads this file by its path, before the package can be imported."""
 
 import hashlib
 import os
