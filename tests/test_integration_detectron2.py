@@ -174,9 +174,9 @@ def test_docs_detectron2_snippet_builds_and_its_config_reloads(tmp_path):
 def test_detectron2_box_of_class_num_classes_raises(tmp_path):
     """Classes numbered from 1 (a box of class K): detectron2 would match it as background; the
     model says so at the training step, unless check_targets is off."""
+    cfg = _config(tmp_path)
     from detectron2.utils.events import EventStorage
 
-    cfg = _config(tmp_path)
     batch = _batch(seed=1)
     batch[1]["instances"].gt_classes[0] = NUM_CLASSES
     model = _build(cfg)

@@ -204,6 +204,7 @@ def test_docs_mmdet_config_over_mmdets_retinanet_builds(tmp_path):
 def test_mmdet_box_labelled_num_classes_raises(tmp_path):
     """Classes numbered from 1 (a box labelled num_classes): mmdet would match it as background;
     the head says so at the training step, unless the loss's check_targets is off."""
+    framework_or_skip("drloss_cuda.integrations.mmdet")
     from mmengine.optim import OptimWrapper
 
     data = _batch(seed=1)
