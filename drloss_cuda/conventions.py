@@ -176,17 +176,14 @@ def check_box_labels(box_labels, num_classes, name="box labels"):
     and write background as num_classes once anchors are matched, so a box labelled
     num_classes (classes numbered from 1, or num_classes one short) would train as background
     without an error: this check catches it before the matching."""
-    labels = [t.reshape(-1) for t in box_labels]
-    for i, t in enumerate(labels):
+    ranges = []
+    for i, t in enumerate(box_labels):
         _check_integer(f"{name}[{i}]", t)
-    labels = [t for t in labels if t.numel()]
-    if not labels:
-        return
-    labels = torch.cat([t.to(labels[0].device) for t in labels])
-    outside = (labels < 0) | (labels >= num_classes)
-    if bool(outside.any()):
-        raise ValueError(f"{name} must lie in [0, {num_classes - 1}] (num_classes={num_classes}, classes numbered "
-                         f"from 0), found {labels[outside][0].item()}")
+        ranges.append((f"{name}[{i}]", t, 0, num_classes))
+    try:
+        _check_ranges(ranges)
+    except ValueError as error:
+        raise ValueError(f"{error} (num_classes={num_classes}, classes numbered from 0)") from None
 
 
 def level_logits(cls_score, num_classes):

@@ -231,7 +231,7 @@ def test_check_box_labels_catches_a_class_numbered_num_classes():
     conventions.check_box_labels([torch.tensor([0, 2]), torch.tensor([], dtype=torch.int64), torch.tensor([1])], 3)
     conventions.check_box_labels([], 3)
     conventions.check_box_labels([torch.zeros(0, dtype=torch.int64)], 3)
-    with pytest.raises(ValueError, match=r"gt\.labels must lie in \[0, 2\] \(num_classes=3, classes numbered from 0\), found 3"):
+    with pytest.raises(ValueError, match=r"gt\.labels\[1\] must lie in \[0, 2\], found 3 \(num_classes=3, classes numbered from 0\)"):
         conventions.check_box_labels([torch.tensor([0]), torch.tensor([2, 3])], 3, "gt.labels")
     with pytest.raises(ValueError, match="found -1"):
         conventions.check_box_labels([torch.tensor([-1])], 3)

@@ -180,7 +180,7 @@ def test_detectron2_box_of_class_num_classes_raises(tmp_path):
     batch = _batch(seed=1)
     batch[1]["instances"].gt_classes[0] = NUM_CLASSES
     model = _build(cfg)
-    with EventStorage(0), pytest.raises(ValueError, match=r"gt_instances\.gt_classes must lie in \[0, 2\] .*found 3"):
+    with EventStorage(0), pytest.raises(ValueError, match=r"gt_instances\.gt_classes\[1\] must lie in \[0, 2\], found 3 \(num_classes=3"):
         model(copy.deepcopy(batch))
     model.check_targets = False
     with EventStorage(0):

@@ -214,7 +214,7 @@ def test_mmdet_box_labelled_num_classes_raises(tmp_path):
         model = _build(_config(tmp_path, loss_cls=loss_cls))
         optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
         if check:
-            with pytest.raises(ValueError, match=r"gt_instances\.labels must lie in \[0, 2\] .*found 3"):
+            with pytest.raises(ValueError, match=r"gt_instances\.labels\[1\] must lie in \[0, 2\], found 3 \(num_classes=3"):
                 model.train_step(copy.deepcopy(data), optim_wrapper)
         else:
             assert math.isfinite(model.train_step(copy.deepcopy(data), optim_wrapper)["loss_cls"].item())
