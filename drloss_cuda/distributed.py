@@ -49,19 +49,22 @@ def reduce_stats(stats, process_group):
 
     Local stats of an empty sign are (m = -inf, Z = 0, E = default); they contribute nothing
     and the global E falls back to the same defaults (E_neg = 0, E_pos = 1) when no process has
-    an element of that sign.
+    an element of that sign. Z = 0 is the empty set, as in the kernels: a NaN Z (a NaN logit
+    in a counted anchor) is not, and makes the global statistics NaN on every process. The
+    merge runs in float64 whatever each process's logits (processes may differ in dtype: one
+    without anchors may hold the default dtype's empty tensor), and the result is cast back.
     """
     # [negatives, positives] of each statistic: strided views (an index list would be copied
     # from the host to a CUDA device, a synchronization at every call).
     stride = POS_MAX - NEG_MAX
-    local_m = stats[0, NEG_MAX::stride]
-    local_z = stats[0, NEG_SUM::stride]
-    local_e = stats[0, NEG_MEAN::stride]
+    local_m = stats[0, NEG_MAX::stride].double()
+    local_z = stats[0, NEG_SUM::stride].double()
+    local_e = stats[0, NEG_MEAN::stride].double()
 
     global_m = local_m.clone()
     dist.all_reduce(global_m, op=dist.ReduceOp.MAX, group=process_group)
 
-    nonempty = local_z > 0
+    nonempty = local_z != 0
     zero = torch.zeros_like(local_z)
     # The shifts m are base-2 exponents (csrc/dr_loss_math.h), so the rescale is 2^(m_p - M) <= 1;
     # for an empty sign m_p - M is -inf or NaN (-inf - -inf), masked away.
@@ -71,9 +74,11 @@ def reduce_stats(stats, process_group):
     dist.all_reduce(z_and_w, op=dist.ReduceOp.SUM, group=process_group)
     global_z, global_w = z_and_w[:2], z_and_w[2:]
 
-    defaults = torch.arange(2, dtype=stats.dtype, device=stats.device)  # E_neg = 0, E_pos = 1
-    global_e = torch.where(global_z > 0, global_w / torch.where(global_z > 0, global_z, 1), defaults)
-    return torch.stack([global_m[0], global_z[0], global_e[0], global_m[1], global_z[1], global_e[1]]).reshape(1, NUM_STATS)
+    defaults = torch.arange(2, dtype=global_z.dtype, device=global_z.device)  # E_neg = 0, E_pos = 1
+    nonempty = global_z != 0
+    global_e = torch.where(nonempty, global_w / torch.where(nonempty, global_z, 1), defaults)
+    merged = torch.stack([global_m[0], global_z[0], global_e[0], global_m[1], global_z[1], global_e[1]])
+    return merged.reshape(1, NUM_STATS).to(stats.dtype)
 
 
 def loss_from_stats(stats, L, tau, margin):
@@ -130,12 +135,14 @@ def pooled_sigmoid_dr_loss(logits, labels, pos_lambda, neg_lambda, L, tau, margi
     return PooledDRLoss.apply(logits, labels, pos_lambda, neg_lambda, L, tau, margin, first_label, process_group)
 
 
-def global_mean_scale(num_local_groups, process_group=None, device=None):
+def global_mean_scale(num_local_groups, process_group=None, device=None, dtype=torch.float32):
     """The factor that turns a per-process *sum* of per-image losses into a loss whose gradient,
     after DDP averages it over the processes, is the gradient of the mean over every image of
     every process: world_size / (total number of images). A collective (one all-reduce of the
-    counts). Returns a float32 scalar tensor on `device`: by default the device of a tensor
-    count, else the current CUDA device for the NCCL backend and the CPU otherwise.
+    counts). Returns a scalar tensor of `dtype` (float32 by default; pass the loss's dtype, e.g.
+    torch.float64, so that the factor is not rounded to float32) on `device`: by default the
+    device of a tensor count, else the current CUDA device for the NCCL backend and the CPU
+    otherwise. The counts and the division are in float64.
 
         loss = sigmoid_dr_loss(logits, labels, reduction="sum") * global_mean_scale(logits.shape[0])
     """
@@ -146,8 +153,8 @@ def global_mean_scale(num_local_groups, process_group=None, device=None):
             device = torch.device("cuda", torch.cuda.current_device())
         else:
             device = torch.device("cpu")
-    count = torch.as_tensor(num_local_groups).detach().to(device=device, dtype=torch.float32).reshape(1).clone()
+    count = torch.as_tensor(num_local_groups).detach().to(device=device, dtype=torch.float64).reshape(1).clone()
     dist.all_reduce(count, op=dist.ReduceOp.SUM, group=process_group)
     world = dist.get_world_size(process_group)
     # No image anywhere: the sum is 0 and so is any factor; avoid 0/0.
-    return (world / count.clamp(min=1)).reshape(())
+    return (world / count.clamp(min=1)).reshape(()).to(dtype)

@@ -41,7 +41,10 @@ def _pooled_worker(rank, workdir):
         results = []
         for i, case in enumerate(cases):
             lo, hi = case["split"][rank], case["split"][rank + 1]
-            x = case["logits"][lo:hi].clone().requires_grad_(True)
+            x = case["logits"][lo:hi].clone()
+            if "rank_dtypes" in case:
+                x = x.to(case["rank_dtypes"][rank])
+            x.requires_grad_(True)
             y = case["labels"][lo:hi]
             if i % 2:
                 # The module, per-group losses ([1] for the one pooled group).
@@ -93,6 +96,18 @@ def _pooled_cases():
         # Every anchor ignored on both processes: the all-ignored loss, zero gradient.
         cases.append({"logits": torch.randn(9, c, dtype=dtype), "labels": torch.full((9,), -1), "split": [0, 4, 9],
                       "hyper": {}})
+        # A NaN logit in a counted anchor of the second process: NaN loss and gradient everywhere.
+        x, y = torch.randn(30, c, dtype=dtype), _labels(30, c, 0)
+        y[20] = c  # background: every entry of anchor 20 counts
+        x[20, 1] = float("nan")
+        cases.append({"logits": x, "labels": y, "split": [0, 12, 30], "hyper": {}, "expect_nan": True})
+    # Processes whose logits differ in dtype: float32 and float64, and a process without anchors
+    # holding the default dtype's empty tensor beside float64 ones; to float32's accuracy.
+    y = _labels(40, c, 0)
+    cases.append({"logits": torch.randn(40, c, dtype=torch.float64) * 3, "labels": y, "split": [0, 25, 40],
+                  "hyper": {}, "rank_dtypes": [torch.float32, torch.float64]})
+    cases.append({"logits": torch.randn(40, c, dtype=torch.float64) * 3, "labels": y, "split": [0, 0, 40],
+                  "hyper": {}, "rank_dtypes": [torch.float32, torch.float64]})
     return cases
 
 
@@ -107,11 +122,18 @@ def test_pooled_process_group_matches_single_process(tmp_path, generator):
     per_rank = [torch.load(tmp_path / f"pooled_{r}.pt") for r in range(WORLD)]
 
     for i, case in enumerate(cases):
-        dtype = case["logits"].dtype
-        grad = torch.cat([per_rank[r][i]["grad"] for r in range(WORLD)])
-        assert grad.shape == case["logits"].shape and grad.dtype == dtype
+        rank_dtypes = case.get("rank_dtypes", [case["logits"].dtype] * WORLD)
         for rank in range(WORLD):
-            assert per_rank[rank][i]["loss"].dtype == dtype
+            assert per_rank[rank][i]["loss"].dtype == rank_dtypes[rank]
+            assert per_rank[rank][i]["grad"].dtype == rank_dtypes[rank]
+        grad = torch.cat([per_rank[r][i]["grad"].double() for r in range(WORLD)])
+        assert grad.shape == case["logits"].shape
+        dtype = torch.float32 if torch.float32 in rank_dtypes else torch.float64
+        if case.get("expect_nan"):
+            for rank in range(WORLD):
+                assert per_rank[rank][i]["loss"].isnan().all(), f"case {i} rank {rank}: loss not NaN"
+                assert per_rank[rank][i]["grad"].isnan().any(), f"case {i} rank {rank}: no NaN in the gradient"
+            continue
         if dtype == torch.float64:
             # To rounding against the single-process fused loss and the reference.
             for loss_fn in (drloss_cuda.sigmoid_dr_loss, reference.sigmoid_dr_loss):
@@ -245,8 +267,9 @@ def _ddp_compute(rank, data):
     head.load_state_dict(data["state"])
     model = torch.nn.parallel.DistributedDataParallel(head)
     logits = model(feats).reshape(-1, A, C)
-    scale = global_mean_scale(logits.shape[0])
-    out["scales"] = torch.stack([scale, global_mean_scale(torch.tensor(hi - lo))])
+    scale = global_mean_scale(logits.shape[0], dtype=logits.dtype)
+    out["scales"] = torch.stack([scale, global_mean_scale(torch.tensor(hi - lo), dtype=torch.float64)])
+    out["scale_float32"] = global_mean_scale(hi - lo)
     loss = drloss_cuda.sigmoid_dr_loss(logits, labels, reduction="sum") * scale
     loss.backward()
     out["per_image"] = [p.grad.clone() for p in model.parameters()]
@@ -266,25 +289,27 @@ def _ddp_compute(rank, data):
 
 
 def test_ddp_matches_single_process(tmp_path, generator):
-    n = 4
+    n = 5
     head = _head()
     labels = torch.randint(-1, C + 1, (n, A))
-    # The lone image of rank 1 all background: its loss (E_pos = 1 by convention) is then unlike
+    # The images of rank 1 all background: their loss (E_pos = 1 by convention) is then unlike
     # the others' by construction, so that the naive average below cannot match the global mean
-    # by chance (with its labels drawn too, it came within 1e-6 about once in 50,000 draws; now
-    # the gap was at least 8.7% over 20,000).
-    labels[3] = C
+    # by chance (with its labels drawn too, a lone image came within 1e-6 about once in 50,000
+    # draws; all background, the gap was at least 8.7% over 20,000).
+    labels[3:] = C
     data = {
         "state": head.state_dict(),
         "features": torch.randn(n, F, dtype=torch.float64),
         "labels": labels,
-        "split": [0, 3, 4],  # unequal on purpose: 3 images and 1 image
+        "split": [0, 3, 5],  # unequal on purpose: 3 images and 2, a scale (2/5) that float32 rounds
     }
     torch.save(data, tmp_path / "ddp.pt")
     _spawn(_ddp_worker, tmp_path)
     got = [torch.load(tmp_path / f"ddp_{r}.pt") for r in range(WORLD)]
     for rank in range(WORLD):  # world size / total images, the same on every process
-        torch.testing.assert_close(got[rank]["scales"], torch.full((2,), WORLD / n))
+        torch.testing.assert_close(got[rank]["scales"], torch.full((2,), WORLD / n, dtype=torch.float64), rtol=0, atol=0)
+        scale_float32 = got[rank]["scale_float32"]
+        assert scale_float32.dtype == torch.float32 and scale_float32.item() == torch.tensor(WORLD / n).item()
 
     # One process, whole batch.
     head.zero_grad()
@@ -299,7 +324,8 @@ def test_ddp_matches_single_process(tmp_path, generator):
         for g, e, ef in zip(got[rank]["per_image"], expected, expected_fused):
             torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(g, ef, rtol=1e-10, atol=1e-12)
-    # Averaging the unscaled local means would weight the lone image of rank 1 three times.
+    # Averaging the unscaled local means would weight each image of rank 1 1.5 times as much as
+    # each of rank 0.
     global_mean = reference.sigmoid_dr_loss(head(data["features"]).reshape(n, A, C).detach(), data["labels"])
     naive = (got[0]["local_mean"] + got[1]["local_mean"]) / 2
     assert not torch.allclose(naive, global_mean, rtol=1e-6, atol=0)
