@@ -50,8 +50,9 @@ def sigmoid_dr_loss(
         process_group: None (default): the loss of this process's logits alone. A
             torch.distributed.ProcessGroup: logits must be pooled [M, C], and the loss is that
             of one group made of the logits of every process of the group (a collective: each
-            process must call it; each returns the same global loss and gets the gradient of
-            that loss for its own logits). See drloss_cuda.distributed.
+            process must call it, with the same C and hyperparameters, which are not compared;
+            each returns the same global loss and gets the gradient of that loss for its own
+            logits). See drloss_cuda.distributed.
 
     Returns:
         The loss in float32 (float64 for float64 logits); the gradient reaches logits in
