@@ -153,20 +153,19 @@ def from_mmdet(labels, label_weights, num_classes, *, check=True):
     if isinstance(labels, (list, tuple)):
         labels = torch.cat(list(labels), dim=1)
     _check_integer("labels", labels)
-    if label_weights is None:
-        if check:
-            _check_range("labels", labels, 0, num_classes + 1)
-        return labels.long()
     if isinstance(label_weights, (list, tuple)):
         label_weights = torch.cat(list(label_weights), dim=1)
-    if not isinstance(label_weights, torch.Tensor):
-        raise TypeError(f"label_weights must be a tensor or None, got {type(label_weights).__name__}")
-    if labels.shape != label_weights.shape:
-        raise ValueError(f"labels {list(labels.shape)} and label_weights {list(label_weights.shape)} differ in shape")
+    if label_weights is not None:
+        if not isinstance(label_weights, torch.Tensor):
+            raise TypeError(f"label_weights must be a tensor or None, got {type(label_weights).__name__}")
+        if labels.shape != label_weights.shape:
+            raise ValueError(f"labels {list(labels.shape)} and label_weights {list(label_weights.shape)} differ in shape")
     if check:
         _check_range("labels", labels, 0, num_classes + 1)
-        if label_weights.numel() and bool(((label_weights != 0) & (label_weights != 1)).any()):
+        if label_weights is not None and label_weights.numel() and bool(((label_weights != 0) & (label_weights != 1)).any()):
             raise ValueError("label_weights must be 0 (ignore) or 1: DR loss has no per-anchor weight")
+    if label_weights is None:
+        return labels.long()
     return torch.where(label_weights > 0, labels.long(), IGNORE)
 
 
